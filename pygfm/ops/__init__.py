@@ -1,0 +1,35 @@
+"""pygfm ops: checked, differentiable front ends of the kernels in ``torch.ops.pygfm``.
+
+Use them inside your own models::
+
+    import pygfm
+    energy = pygfm.ops.segment_sum(atomic_energy, ptr)   # per-structure sums
+
+Every op has a plain-PyTorch definition in :mod:`pygfm.ops.reference`.
+"""
+
+from .segment import (
+    MAX_MIN_EMPTY_FILL,
+    scatter_max,
+    scatter_mean,
+    scatter_min,
+    scatter_sum,
+    segment_max,
+    segment_mean,
+    segment_min,
+    segment_sum,
+)
+from . import reference
+
+__all__ = [
+    "MAX_MIN_EMPTY_FILL",
+    "reference",
+    "scatter_max",
+    "scatter_mean",
+    "scatter_min",
+    "scatter_sum",
+    "segment_max",
+    "segment_mean",
+    "segment_min",
+    "segment_sum",
+]
