@@ -39,6 +39,6 @@ def build_info() -> dict:
     ``compiler`` and ``build_type``.
     """
     info = dict(_C.build_info())
-    info["backends"] = [b for b in info["backends"].split(";") if b]
-    info["gpu_archs"] = [a for a in info["gpu_archs"].split(";") if a]
+    info["backends"] = [b for b in info["backends"].split(",") if b]
+    info["gpu_archs"] = [a for a in info["gpu_archs"].split(",") if a]
     return info

@@ -220,7 +220,8 @@ template <typename T>
 int scatter_sum(const T* src, const int64_t* index, int64_t E, int64_t F, int64_t S,
                 acc_t<T>* acc, T* out, void* stream) {
   if (S * F == 0) return 0;
-  gpuMemsetAsync(acc, 0, sizeof(acc_t<T>) * S * F, as_stream(stream));
+  const gpuError_t cleared = gpuMemsetAsync(acc, 0, sizeof(acc_t<T>) * S * F, as_stream(stream));
+  if (cleared != gpuSuccess) return static_cast<int>(cleared);
   if (E > 0)
     scatter_add_kernel<T><<<blocks_for(E * F), kBlock, 0, as_stream(stream)>>>(src, index, E, F,
                                                                                S, acc);

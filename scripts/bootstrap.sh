@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Creates ./.venv with PyTorch (CPU build), builds pygfm against it and installs it.
+#   scripts/bootstrap.sh          the package and what the demo needs
+#   scripts/bootstrap.sh --test   also the test tools (pytest, hypothesis)
+# Environment: PYTHON (default python3), PYGFM_TORCH (default 2.13.0, the CPU build
+# that lies on this machine's disk), PYGFM_BACKENDS (default auto).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+torch_version=${PYGFM_TORCH:-2.13.0}
+extras=()
+[[ "${1:-}" == "--test" ]] && extras=(pytest hypothesis)
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "==> creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+echo "==> installing torch==$torch_version and the build tools"
+"${pip[@]}" install "torch==$torch_version" numpy scikit-build-core pybind11 cmake ninja "${extras[@]}"
+echo "==> building pygfm against $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
+# --no-build-isolation: the extension must be compiled against the torch it runs with.
+"${pip[@]}" install --no-build-isolation --no-deps .
+(cd /tmp && "$OLDPWD/.venv/bin/python" -c 'import pygfm; print("==> pygfm", pygfm.__version__, pygfm.build_info())')
