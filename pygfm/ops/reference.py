@@ -67,22 +67,28 @@ def _scatter_extreme(src, index, dim_size, largest: bool):
     rows = src.shape[0]
     trailing = src.shape[1:]
     expanded = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
-    fill = float("-inf") if largest else float("inf")
-    # NaN wins: rank NaN above every number by replacing it with the fill's opposite.
-    nan = torch.isnan(acc)
-    ranked = torch.where(nan, torch.full_like(acc, -fill), acc)
-    best = acc.new_full((dim_size, *trailing), fill).scatter_reduce(
-        0, expanded, ranked, reduce="amax" if largest else "amin", include_self=True
-    )
-    hit = ranked == best.gather(0, expanded)
     row_ids = torch.arange(rows, device=src.device).view(-1, *([1] * (src.dim() - 1)))
-    row_ids = torch.where(hit, row_ids.expand_as(src), torch.full_like(expanded, rows))
-    arg = torch.full((dim_size, *trailing), rows, dtype=torch.long, device=src.device)
-    arg = arg.scatter_reduce(0, expanded, row_ids, reduce="amin", include_self=True)
-    empty = arg == rows
-    arg = torch.where(empty, torch.full_like(arg, -1), arg)
-    values = arg_gather(src, arg)
-    return values, arg
+    row_ids = row_ids.expand_as(src)
+    no_row = torch.full_like(expanded, rows)
+
+    def first_row_where(hit):
+        arg = torch.full((dim_size, *trailing), rows, dtype=torch.long, device=src.device)
+        candidates = torch.where(hit, row_ids, no_row)
+        return arg.scatter_reduce(0, expanded, candidates, reduce="amin", include_self=True)
+
+    # NaN wins over any number: the first NaN row, where a row has one ...
+    nan = torch.isnan(acc)
+    first_nan = first_row_where(nan)
+    # ... else the first row holding the extreme of the numbers.
+    fill = float("-inf") if largest else float("inf")
+    numbers = torch.where(nan, torch.full_like(acc, fill), acc)
+    best = acc.new_full((dim_size, *trailing), fill).scatter_reduce(
+        0, expanded, numbers, reduce="amax" if largest else "amin", include_self=True
+    )
+    first_best = first_row_where(~nan & (numbers == best.gather(0, expanded)))
+    arg = torch.where(first_nan < rows, first_nan, first_best)
+    arg = torch.where(arg == rows, torch.full_like(arg, -1), arg)
+    return arg_gather(src, arg), arg
 
 
 def scatter_max(src, index, dim_size):

@@ -123,14 +123,16 @@ def _segment_sum_backward(ctx, grad):
     return _ops.segment_broadcast(grad, ptr, ctx.num_rows), None
 
 
-def _as_divisor(counts, like):
-    """Row counts (0 -> 1) shaped to divide a [S, ...] tensor like `like`."""
-    return counts.clamp(min=1).to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+def _divide_by_counts(total, counts):
+    """total [S, ...] / counts [S] (0 -> 1), computed in FP32 for BF16 and rounded once."""
+    dtype = torch.float32 if total.dtype == torch.bfloat16 else total.dtype
+    divisor = counts.clamp(min=1).to(dtype).view(-1, *([1] * (total.dim() - 1)))
+    return (total.to(dtype) / divisor).to(total.dtype)
 
 
 def _segment_mean_backward(ctx, grad):
     (ptr,) = ctx.saved_tensors
-    return _ops.segment_broadcast(grad / _as_divisor(ptr.diff(), grad), ptr, ctx.num_rows), None
+    return _ops.segment_broadcast(_divide_by_counts(grad, ptr.diff()), ptr, ctx.num_rows), None
 
 
 def _setup_extreme(ctx, inputs, output):
@@ -296,8 +298,9 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = 
     index, dim_size = _scatter_args("scatter_mean", src, index, dim_size)
     if not _has_kernel(src.device):
         return reference.scatter_mean(src, index, dim_size)
-    total = _ops.scatter_sum(src, index, dim_size)
-    return total / _as_divisor(torch.bincount(index, minlength=dim_size), total)
+    # BF16 sums are kept in FP32 until after the division: one rounding, as the reference.
+    total = _ops.scatter_sum(src.float() if src.dtype == torch.bfloat16 else src, index, dim_size)
+    return _divide_by_counts(total, torch.bincount(index, minlength=dim_size)).to(src.dtype)
 
 
 def scatter_max(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = None):
