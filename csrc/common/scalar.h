@@ -15,7 +15,10 @@
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define PYGFM_HD __host__ __device__ __forceinline__
 #else
-#define PYGFM_HD inline
+// always_inline: a body inlined into each ISA clone of a CPU launcher (see
+// csrc/cpu/isa.h) is compiled for that ISA, and no out-of-line copy compiled
+// for one ISA can be shared with another.
+#define PYGFM_HD inline __attribute__((always_inline))
 #endif
 
 namespace pygfm {

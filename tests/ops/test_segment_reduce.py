@@ -459,3 +459,18 @@ def test_cpu_result_independent_of_thread_count(name, layout, dtype, restore_thr
         assert torch.equal(a, c), "1 and 2 threads differ"
     if layout == "few_segments_feature_split" and dtype == torch.float64:
         check_segment_op(name, src, ptr)
+
+
+@pytest.mark.parametrize("dtype,features", [(torch.float32, 64), (torch.bfloat16, 128), (torch.float64, 30)])
+def test_large_broadcast_takes_the_streaming_path_and_matches_reference(dtype, features):
+    # > 8 MB of output with 16-byte rows: the CPU kernel streams its stores past
+    # the cache (F = 30 doubles is 240 bytes a row, also a multiple of 16).
+    generator = torch.Generator().manual_seed(11)
+    lengths = torch.randint(0, 40, (4000,), generator=generator)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    rows = int(ptr[-1])
+    assert rows * features * torch.tensor([], dtype=dtype).element_size() > 8 << 20
+    src = torch.randn(4000, features, generator=generator).to(dtype)
+    got = torch.ops.pygfm.segment_broadcast(src, ptr, rows)
+    expected = reference.segment_broadcast(src, ptr, rows)
+    assert torch.equal(got, expected)
