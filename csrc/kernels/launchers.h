@@ -9,7 +9,10 @@
 
 #include <cstdint>
 
+#include <functional>
+
 #include "../common/scalar.h"
+#include "neighbor_list.h"
 
 namespace pygfm {
 
@@ -36,6 +39,23 @@ void scatter_sum(const T* src, const int64_t* index, int64_t E, int64_t F, int64
 template <typename T>
 void scatter_extreme(const T* src, const int64_t* index, int64_t E, int64_t F, int64_t S,
                      Extreme which, T* out, int64_t* arg);
+
+// Neighbor lists (see kernels/neighbor_list.h for the grid). place_atoms fills
+// g.image, g.wrapped, g.atom_bin (cast away from const) and global_bin.
+void place_atoms(const kernels::NeighborGrid& g, const double* inv_cell, int64_t N,
+                 int64_t* image, double* wrapped, int64_t* atom_bin, int64_t* global_bin);
+// The neighbors of every atom, receiver by receiver, each receiver's sorted by
+// (j, S); at most max_neighbors (the nearest) per receiver when it is >= 0.
+// Once the number of pairs E is known, allocate(E) must return where to write
+// them; counts ([N], given) receives the pairs per receiver.
+struct PairBuffers {
+  int64_t* receiver;  // [E]
+  int64_t* sender;    // [E]
+  int64_t* shift;     // [E, 3]
+};
+void find_neighbors(const kernels::NeighborGrid& g, int64_t N, double cutoff,
+                    bool self_interaction, int64_t max_neighbors, int64_t* counts,
+                    const std::function<PairBuffers(int64_t)>& allocate);
 
 }  // namespace cpu
 
@@ -68,6 +88,24 @@ int scatter_sum(const T* src, const int64_t* index, int64_t E, int64_t F, int64_
 template <typename T>
 int scatter_extreme(const T* src, const int64_t* index, int64_t E, int64_t F, int64_t S,
                     Extreme which, acc_t<T>* acc, T* out, int64_t* arg, void* stream);
+
+int place_atoms(const kernels::NeighborGrid& g, const double* inv_cell, int64_t N,
+                int64_t* image, double* wrapped, int64_t* atom_bin, int64_t* global_bin,
+                void* stream);
+// Pass 1: counts[i] = number of neighbors of atom i (before max_neighbors).
+int count_neighbors(const kernels::NeighborGrid& g, int64_t N, double cutoff,
+                    bool self_interaction, int64_t* counts, void* stream);
+// Pass 2: fills the CSR rows given by offsets (exclusive prefix sum of counts)
+// with senders, shifts and squared distances, each row sorted by (j, S).
+int fill_neighbors(const kernels::NeighborGrid& g, int64_t N, double cutoff,
+                   bool self_interaction, const int64_t* offsets, int64_t* sender,
+                   int64_t* shift, double* distance2, void* stream);
+// Keeps the max_neighbors nearest of each row (ties by (j, S)), in (j, S) order:
+// rows of `offsets` in, rows of `kept_offsets` out.
+int select_nearest(int64_t N, int64_t max_neighbors, const int64_t* offsets,
+                   const int64_t* sender, const int64_t* shift, double* distance2,
+                   const int64_t* kept_offsets, int64_t* kept_sender, int64_t* kept_shift,
+                   void* stream);
 
 }  // namespace gpu
 }  // namespace pygfm

@@ -2,9 +2,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <cstdlib>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include "../common/large_alloc.h"
 #include "../common/scalar.h"
 #include "../kernels/launchers.h"
 
@@ -94,6 +97,19 @@ inline void check_index_values(const at::Tensor& index, int64_t dim_size, const 
 // The current CUDA/HIP stream of `device`, as an opaque handle for the launchers.
 inline void* current_stream(const at::Device& device) {
   return c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
+}
+
+// A CPU tensor for a large result, on huge pages where available (see
+// common/large_alloc.h: fresh 4 KiB pages cost more than our kernels).
+inline at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (const int64_t size : shape) numel *= size;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (bytes < 2 * kHugePage) return at::empty(shape, at::TensorOptions().dtype(dtype));
+  void* memory = allocate_large(bytes);
+  TORCH_CHECK(memory != nullptr, "pygfm: out of memory allocating ", bytes, " bytes");
+  return at::from_blob(memory, shape, [](void* data) { std::free(data); },
+                       at::TensorOptions().dtype(dtype));
 }
 
 inline void check_launch(int status, const char* op) {

@@ -98,7 +98,9 @@ at::Tensor segment_broadcast(const at::Tensor& src_in, const at::Tensor& ptr_in,
                     " segments");
   const at::Tensor src = src_in.contiguous(), ptr = ptr_in.contiguous();
   const int64_t S = src.size(0), F = row_width(src);
-  at::Tensor out = at::empty(with_rows(src, num_rows), src.options());
+  // E x F, the largest output here: huge pages on the CPU (see empty_large)
+  at::Tensor out = src.is_cpu() ? empty_large(with_rows(src, num_rows), src.scalar_type())
+                                : at::empty(with_rows(src, num_rows), src.options());
   dispatch_floating(src.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     if (src.is_cpu()) {

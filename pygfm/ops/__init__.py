@@ -19,10 +19,14 @@ from .segment import (
     segment_min,
     segment_sum,
 )
+from .neighbors import NeighborList, edge_vectors, neighbor_list
 from . import reference
 
 __all__ = [
     "MAX_MIN_EMPTY_FILL",
+    "NeighborList",
+    "edge_vectors",
+    "neighbor_list",
     "reference",
     "scatter_max",
     "scatter_mean",
