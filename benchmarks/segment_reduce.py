@@ -10,6 +10,9 @@ against what a torch user would otherwise write?
 Shapes: E rows (edges) in 1e5..2e6, F in 64..256 features, 10..40 rows per
 segment (uniform), FP32 and BF16. "fwd" times the reduction; "fwd+bwd" times
 the reduction plus ``torch.autograd.grad`` of it (a full training step's share).
+Memory comes from the default allocators, as in a user's process: fresh pages
+cost page faults (expensive on VMs), and pygfm puts its large CPU outputs on
+transparent huge pages (csrc/common/large_alloc.h) to pay fewer of them.
 The codes are alternated within each repetition and the median is reported;
 the ratio is the best torch option's median over pygfm's (>1: pygfm faster).
 
@@ -19,7 +22,6 @@ Run on a quiet machine:  python benchmarks/segment_reduce.py [--quick] [--thread
 from __future__ import annotations
 
 import argparse
-import ctypes
 import platform
 import statistics
 import time
@@ -27,25 +29,6 @@ import time
 import torch
 
 import pygfm
-
-
-def steady_allocator() -> None:
-    """Reuse freed memory, as a long training loop's caching allocator does.
-
-    By default glibc maps every large block afresh and the kernel zeroes its
-    pages on first touch: on this VM that costs more than the kernels measured
-    here (a fresh 256 MB output: ~25 ms of page faults against ~12 ms to write
-    it), and whether an iteration pays it depends on what ran before (the same
-    op was seen at 13 ms or 4.4 ms). With mmap off and trimming off, freed blocks
-    are reused and every code runs on warm memory.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_max = -1, -4
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def make_inputs(rows: int, features: int, dtype, seed: int = 0):
@@ -126,7 +109,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    steady_allocator()
 
     rows_list = [100_000] if args.quick else [100_000, 500_000, 2_000_000]
     feature_list = [64] if args.quick else [64, 128, 256]
@@ -136,7 +118,7 @@ def main():
     print(f"# machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, {platform.platform()}")
     print("# times are medians in ms; ratio = best torch / pygfm (>1 means pygfm is faster)")
-    print("# freed memory is reused (steady_allocator): no code pays page faults")
+    print("# default allocator: every code pays for the fresh memory it writes (page faults)")
     header = f"{'E':>9} {'F':>4} {'dtype':>8} {'pass':>8} {'pygfm':>9} {'index_add_':>11} " \
              f"{'scatter_red':>11} {'segment_red':>11} {'best torch':>14} {'ratio':>6}"
     print(header)

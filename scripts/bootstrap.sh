@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates ./.venv with PyTorch (CPU build), builds pygfm against it and installs it.
 #   scripts/bootstrap.sh          the package and what the demo needs
-#   scripts/bootstrap.sh --test   also the test tools (pytest, hypothesis)
+#   scripts/bootstrap.sh --test   also what the tests need (requirements-test.txt)
 # Environment: PYTHON (default python3), PYGFM_TORCH (default 2.13.0, the CPU build
 # that lies on this machine's disk), PYGFM_BACKENDS (default auto).
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 torch_version=${PYGFM_TORCH:-2.13.0}
 extras=()
-[[ "${1:-}" == "--test" ]] && extras=(pytest hypothesis)
+[[ "${1:-}" == "--test" ]] && extras=(-r requirements-test.txt)
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "==> creating .venv with $($python --version)"

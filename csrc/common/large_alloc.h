@@ -16,9 +16,18 @@ namespace pygfm {
 
 constexpr size_t kHugePage = size_t(2) << 20;
 
+// Whether large buffers ask for huge pages (PYGFM_HUGE_PAGES=0 turns it off).
+inline bool huge_pages_enabled() {
+  static const bool enabled = [] {
+    const char* setting = std::getenv("PYGFM_HUGE_PAGES");
+    return !(setting && setting[0] == '0');
+  }();
+  return enabled;
+}
+
 // Memory for `bytes` bytes, released with std::free; nullptr if none is left.
 inline void* allocate_large(size_t bytes) {
-  if (bytes < 2 * kHugePage) return std::malloc(bytes == 0 ? 1 : bytes);
+  if (bytes < 2 * kHugePage || !huge_pages_enabled()) return std::malloc(bytes == 0 ? 1 : bytes);
   const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   void* memory = std::aligned_alloc(kHugePage, rounded);
 #ifdef MADV_HUGEPAGE

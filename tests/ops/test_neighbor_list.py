@@ -10,11 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ase = pytest.importorskip("ase")
-from ase.neighborlist import neighbor_list as ase_neighbor_list  # noqa: E402
+import ase  # the reference: installed by scripts/bootstrap.sh --test
+from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-import pygfm  # noqa: E402
-from pygfm.ops import edge_vectors, neighbor_list  # noqa: E402
+from pygfm.ops import edge_vectors, neighbor_list
 
 
 def triples(edge_index, shifts):
