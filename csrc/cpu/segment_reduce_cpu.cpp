@@ -78,13 +78,39 @@ void for_each_unit(const int64_t* ptr, int64_t S, int64_t F, const Body& body) {
 
 // ---- units of work, one set of ISA clones per scalar type (see isa.h) ----
 
+// Wide rows: accumulate a fixed block of kRegisterBlock features over all rows
+// of the segment, so the compiler keeps the sums in vector registers instead
+// of loading and storing an accumulator array for every row (which ran at
+// ~10 GB/s for 512 B-1 KB rows). Measured in isolation with AVX2: 1.3x at
+// F = 128 FP32, 1.75x at F = 256 BF16.
+constexpr int64_t kRegisterBlock = 128;
+
+template <typename T>
+PYGFM_HD void sum_register_block(const T* __restrict__ src, int64_t begin, int64_t end,
+                                 int64_t F, int64_t f0, acc_t<T> scale, T* __restrict__ out_row) {
+  acc_t<T> acc[kRegisterBlock];
+  for (int64_t k = 0; k < kRegisterBlock; ++k) acc[k] = acc_t<T>(0);
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict__ row = src + r * F + f0;
+#pragma GCC unroll 128
+    for (int64_t k = 0; k < kRegisterBlock; ++k) acc[k] += to_acc(row[k]);
+  }
+  for (int64_t k = 0; k < kRegisterBlock; ++k) out_row[f0 + k] = from_acc<T>(acc[k] * scale);
+}
+
 template <typename T>
 PYGFM_HD void sum_unit(const T* src, const int64_t* ptr, int64_t s_begin, int64_t s_end,
                        int64_t F, int64_t f_begin, int64_t f_end, bool mean, T* out) {
   acc_t<T> acc[kFeatureBlock];
+  const bool blocked = (f_end - f_begin) % kRegisterBlock == 0;
   for (int64_t s = s_begin; s < s_end; ++s) {
     const int64_t count = ptr[s + 1] - ptr[s];
     const acc_t<T> scale = (mean && count > 0) ? acc_t<T>(1) / acc_t<T>(count) : acc_t<T>(1);
+    if (blocked) {
+      for (int64_t f0 = f_begin; f0 < f_end; f0 += kRegisterBlock)
+        sum_register_block(src, ptr[s], ptr[s + 1], F, f0, scale, out + s * F);
+      continue;
+    }
     for (int64_t f0 = f_begin; f0 < f_end; f0 += kFeatureBlock)
       kernels::segment_sum_block(src, ptr[s], ptr[s + 1], F, f0,
                                  std::min(kFeatureBlock, f_end - f0), scale, acc, out + s * F);
