@@ -99,7 +99,7 @@ inline void* current_stream(const at::Device& device) {
   return c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
 }
 
-// A CPU tensor for a large result, on huge pages where available (see
+// A CPU tensor for a large result, on reused huge-page blocks (see
 // common/large_alloc.h: fresh 4 KiB pages cost more than our kernels).
 inline at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType dtype) {
   int64_t numel = 1;
@@ -108,7 +108,7 @@ inline at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType dtype) {
   if (bytes < 2 * kHugePage) return at::empty(shape, at::TensorOptions().dtype(dtype));
   void* memory = allocate_large(bytes);
   TORCH_CHECK(memory != nullptr, "pygfm: out of memory allocating ", bytes, " bytes");
-  return at::from_blob(memory, shape, [](void* data) { std::free(data); },
+  return at::from_blob(memory, shape, [bytes](void* data) { release_large(data, bytes); },
                        at::TensorOptions().dtype(dtype));
 }
 
