@@ -50,7 +50,21 @@ PYGFM_HD int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-// Calls visit(j, S0, S1, S2, distance_squared) for every neighbor of atom i,
+// Grid coordinate t along one axis, reached from an atom's bin by an offset:
+// on a periodic axis it wraps into [0, bins) with image k; elsewhere it must lie
+// inside the grid (returns false when it does not).
+PYGFM_HD bool grid_bin(int64_t t, int64_t bins, bool periodic, int64_t& wrapped, int64_t& k) {
+  k = 0;
+  if (periodic) {
+    k = floor_div(t, bins);
+    wrapped = t - k * bins;
+    return true;
+  }
+  wrapped = t;
+  return t >= 0 && t < bins;
+}
+
+// Calls visit(j, S0, S1, S2, k0, k1, k2, distance_squared) for every neighbor of atom i,
 // in an order fixed by the grid (callers sort). Returns nothing.
 template <typename Visitor>
 PYGFM_HD void visit_neighbors(const NeighborGrid& g, int64_t i, double cutoff,
@@ -67,30 +81,13 @@ PYGFM_HD void visit_neighbors(const NeighborGrid& g, int64_t i, double cutoff,
   const int64_t* home = g.atom_bin + 3 * i;
   const int64_t* image_i = g.image + 3 * i;
 
+  int64_t t0, t1, t2, k0, k1, k2;
   for (int64_t o0 = -search[0]; o0 <= search[0]; ++o0) {
-    int64_t t0 = home[0] + o0, k0 = 0;
-    if (pbc[0]) {
-      k0 = floor_div(t0, bins[0]);
-      t0 -= k0 * bins[0];
-    } else if (t0 < 0 || t0 >= bins[0]) {
-      continue;
-    }
+    if (!grid_bin(home[0] + o0, bins[0], pbc[0], t0, k0)) continue;
     for (int64_t o1 = -search[1]; o1 <= search[1]; ++o1) {
-      int64_t t1 = home[1] + o1, k1 = 0;
-      if (pbc[1]) {
-        k1 = floor_div(t1, bins[1]);
-        t1 -= k1 * bins[1];
-      } else if (t1 < 0 || t1 >= bins[1]) {
-        continue;
-      }
+      if (!grid_bin(home[1] + o1, bins[1], pbc[1], t1, k1)) continue;
       for (int64_t o2 = -search[2]; o2 <= search[2]; ++o2) {
-        int64_t t2 = home[2] + o2, k2 = 0;
-        if (pbc[2]) {
-          k2 = floor_div(t2, bins[2]);
-          t2 -= k2 * bins[2];
-        } else if (t2 < 0 || t2 >= bins[2]) {
-          continue;
-        }
+        if (!grid_bin(home[2] + o2, bins[2], pbc[2], t2, k2)) continue;
         // base = k @ cell - x_i (wrapped), so r = x_j(wrapped) + base
         const double base0 = k0 * cell[0] + k1 * cell[3] + k2 * cell[6] - xi0;
         const double base1 = k0 * cell[1] + k1 * cell[4] + k2 * cell[7] - xi1;
