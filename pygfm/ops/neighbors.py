@@ -21,7 +21,6 @@ from typing import NamedTuple
 import torch
 
 from ._checks import as_index, check_ptr, tracing
-from .segment import segment_max, segment_min
 
 __all__ = ["NeighborList", "neighbor_list", "edge_vectors"]
 
@@ -266,9 +265,13 @@ def neighbor_list(
     structure = torch.repeat_interleave(
         torch.arange(structures, device=device), ptr.diff(), output_size=num_atoms
     )
-    frac = torch.einsum("nc,nca->na", x, inv_cell[structure])
-    low = segment_min(frac, ptr)[0]
-    high = segment_max(frac, ptr)[0]
+    # open structures have the identity as grid cell: their fractional
+    # coordinates are the positions (the common case of molecule batches)
+    any_periodic = bool(pbc.any()) if not tracing() else True
+    frac = torch.einsum("nc,nca->na", x, inv_cell[structure]) if any_periodic else x
+    # ptr is already validated: the raw ops skip a second check
+    low = torch.ops.pygfm.segment_min(frac, ptr)[0]
+    high = torch.ops.pygfm.segment_max(frac, ptr)[0]
     extent = torch.where(pbc, torch.ones_like(low), high - low)
     origin = torch.where(pbc, torch.zeros_like(low), low)
     bins = torch.clamp(torch.floor(extent / reach * _BINS_PER_CUTOFF), min=1)
