@@ -30,8 +30,6 @@ _ops = torch.ops.pygfm
 _MAX_IMAGES = 511
 # Bytes of memory a pair costs while it is being found and stored (CPU).
 _BYTES_PER_PAIR = 96
-# Bins per cutoff length along each axis (1: search 3x3x3 bins of >= cutoff).
-_BINS_PER_CUTOFF = 1
 # Open structures up to this many atoms are searched pair by pair (one bin).
 _BRUTE_FORCE_ATOMS = 32
 
@@ -274,7 +272,7 @@ def neighbor_list(
     high = torch.ops.pygfm.segment_max(frac, ptr)[0]
     extent = torch.where(pbc, torch.ones_like(low), high - low)
     origin = torch.where(pbc, torch.zeros_like(low), low)
-    bins = torch.clamp(torch.floor(extent / reach * _BINS_PER_CUTOFF), min=1)
+    bins = torch.clamp(torch.floor(extent / reach), min=1)  # bins >= the cutoff's reach
     # sparse structures: at most ~2 bins per atom
     atoms = ptr.diff().to(torch.float64)
     too_many = bins.prod(dim=1) / torch.clamp(2 * atoms, min=8)

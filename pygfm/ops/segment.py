@@ -208,11 +208,11 @@ for _name, _backward, _setup in [
 
 
 # ----------------------------------------------------------------- front ends
+_GPU_BUILT = bool({"cuda", "hip"} & set(_extension.build_info()["backends"]))
+
+
 def _has_kernel(device: torch.device) -> bool:
-    if device.type == "cpu":
-        return True
-    gpu_built = bool({"cuda", "hip"} & set(_extension.build_info()["backends"]))
-    return device.type == "cuda" and gpu_built
+    return device.type == "cpu" or (device.type == "cuda" and _GPU_BUILT)
 
 
 def _segment_args(op: str, src, ptr):
