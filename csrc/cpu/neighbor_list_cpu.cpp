@@ -9,7 +9,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstring>
 
 #include "../common/large_alloc.h"
 #include "../kernels/launchers.h"

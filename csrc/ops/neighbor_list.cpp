@@ -58,6 +58,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neighbor_list(
 
   c10::OptionalDeviceGuard guard(positions_in.device());
   const bool on_cpu = positions_in.is_cpu();
+#ifndef PYGFM_WITH_GPU
+  TORCH_CHECK(on_cpu, "pygfm.neighbor_list: this build has no GPU kernels (see pygfm.build_info())");
+#endif
   Grid grid;
   grid.positions = positions_in.contiguous();
   grid.cell = cell_in.contiguous();
@@ -174,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neighbor_list(
   edge_index = at::stack({receiver, sender});
   return {edge_index, shifts, row_ptr};
 #else
-  TORCH_CHECK(false, "pygfm.neighbor_list: this build has no GPU kernels");
+  TORCH_CHECK(false, "pygfm.neighbor_list: unreachable without GPU kernels");  // checked above
 #endif
 }
 

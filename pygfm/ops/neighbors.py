@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ._checks import as_index, check_ptr, tracing
+from .reference import segment_ids
 
 __all__ = ["NeighborList", "neighbor_list", "edge_vectors"]
 
@@ -260,13 +261,12 @@ def neighbor_list(
         )
 
     reach = cutoff / height  # the cutoff in fractional units, per axis
-    structure = torch.repeat_interleave(
-        torch.arange(structures, device=device), ptr.diff(), output_size=num_atoms
-    )
     # open structures have the identity as grid cell: their fractional
     # coordinates are the positions (the common case of molecule batches)
-    any_periodic = bool(pbc.any()) if not tracing() else True
-    frac = torch.einsum("nc,nca->na", x, inv_cell[structure]) if any_periodic else x
+    if tracing() or bool(pbc.any()):
+        frac = torch.einsum("nc,nca->na", x, inv_cell[segment_ids(ptr, num_atoms)])
+    else:
+        frac = x
     # ptr is already validated: the raw ops skip a second check
     low = torch.ops.pygfm.segment_min(frac, ptr)[0]
     high = torch.ops.pygfm.segment_max(frac, ptr)[0]
@@ -352,10 +352,7 @@ def edge_vectors(
         else:
             if ptr is None:
                 raise ValueError("edge_vectors: a batched cell [B, 3, 3] needs ptr [B + 1]")
-            structure = torch.repeat_interleave(
-                torch.arange(ptr.numel() - 1, device=ptr.device), ptr.diff(),
-                output_size=positions.shape[0],
-            )
+            structure = segment_ids(ptr, positions.shape[0])
             vectors = vectors + torch.einsum("ek,ekc->ec", offsets, cell[structure[receiver]])
     return vectors, vectors.norm(dim=1)
 
