@@ -57,6 +57,30 @@ void find_neighbors(const kernels::NeighborGrid& g, int64_t N, double cutoff,
                     bool self_interaction, int64_t max_neighbors, int64_t* counts,
                     const std::function<PairBuffers(int64_t)>& allocate);
 
+// Fused PaiNN kernels (see kernels/painn.h). x, grad_x: [N, 3F]; v, grad_v,
+// out_v: [N, 3, F]; filters, grad_filters: [E, 3F]; direction: [E, 3] in
+// acc_t<T>; edges sorted by receiver (row_ptr [N+1], sender [E]); the node
+// half also gets receiver [E] and each sender's edges edge_of[sender_ptr[j]:
+// sender_ptr[j+1]]. mix is [N, 3, 2F], a is [N, 3F].
+template <typename T>
+void painn_message(const T* x, const T* v, const T* filters, const acc_t<T>* direction,
+                   const int64_t* row_ptr, const int64_t* sender, int64_t N, int64_t F,
+                   T* out_s, T* out_v);
+template <typename T>
+void painn_message_edge_grad(const T* grad_s, const T* grad_v, const T* x, const T* v,
+                             const T* filters, const acc_t<T>* direction,
+                             const int64_t* row_ptr, const int64_t* sender, int64_t N,
+                             int64_t F, T* grad_filters, acc_t<T>* grad_direction);
+template <typename T>
+void painn_message_node_grad(const T* grad_s, const T* grad_v, const T* x, const T* v,
+                             const T* filters, const acc_t<T>* direction,
+                             const int64_t* receiver, const int64_t* sender_ptr,
+                             const int64_t* edge_of, int64_t N, int64_t F, T* grad_x,
+                             T* grad_v_in);
+template <typename T>
+void painn_update(const T* s, const T* v, const T* a, const T* mix, int64_t N, int64_t F,
+                  T* s_out, T* v_out);
+
 }  // namespace cpu
 
 namespace gpu {
@@ -106,6 +130,28 @@ int select_nearest(int64_t N, int64_t max_neighbors, const int64_t* offsets,
                    const int64_t* sender, const int64_t* shift, double* distance2,
                    const int64_t* kept_offsets, int64_t* kept_sender, int64_t* kept_shift,
                    void* stream);
+
+// Fused PaiNN kernels: the same arguments as the CPU ones, plus the stream; the
+// edge half takes each edge's receiver instead of row_ptr.
+template <typename T>
+int painn_message(const T* x, const T* v, const T* filters, const acc_t<T>* direction,
+                  const int64_t* row_ptr, const int64_t* sender, int64_t N, int64_t F,
+                  T* out_s, T* out_v, void* stream);
+template <typename T>
+int painn_message_edge_grad(const T* grad_s, const T* grad_v, const T* x, const T* v,
+                            const T* filters, const acc_t<T>* direction,
+                            const int64_t* receiver, const int64_t* sender, int64_t E,
+                            int64_t F, T* grad_filters, acc_t<T>* grad_direction,
+                            void* stream);
+template <typename T>
+int painn_message_node_grad(const T* grad_s, const T* grad_v, const T* x, const T* v,
+                            const T* filters, const acc_t<T>* direction,
+                            const int64_t* receiver, const int64_t* sender_ptr,
+                            const int64_t* edge_of, int64_t N, int64_t F, T* grad_x,
+                            T* grad_v_in, void* stream);
+template <typename T>
+int painn_update(const T* s, const T* v, const T* a, const T* mix, int64_t N, int64_t F,
+                 T* s_out, T* v_out, void* stream);
 
 }  // namespace gpu
 }  // namespace pygfm

@@ -20,13 +20,18 @@ from .segment import (
     segment_sum,
 )
 from .neighbors import NeighborList, edge_vectors, neighbor_list
+from .painn import MessageGraph, message_graph, painn_message, painn_update
 from . import reference
 
 __all__ = [
     "MAX_MIN_EMPTY_FILL",
+    "MessageGraph",
     "NeighborList",
     "edge_vectors",
+    "message_graph",
     "neighbor_list",
+    "painn_message",
+    "painn_update",
     "reference",
     "scatter_max",
     "scatter_mean",

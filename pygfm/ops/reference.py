@@ -31,6 +31,10 @@ __all__ = [
     "scatter_mean",
     "scatter_max",
     "scatter_min",
+    "painn_message",
+    "painn_message_backward_edge",
+    "painn_message_backward_node",
+    "painn_update",
 ]
 
 
@@ -131,3 +135,68 @@ def arg_gather(src: torch.Tensor, arg: torch.Tensor) -> torch.Tensor:
     padded = torch.cat([src, src.new_zeros((1, *src.shape[1:]))])
     target = torch.where(arg >= 0, arg, torch.full_like(arg, src.shape[0]))
     return padded.gather(0, target)
+
+
+# ------------------------------------------------------------------ PaiNN
+# x = phi(s) [N, 3F] = (x_s | x_r | x_m); v [N, 3, F]; filters [E, 3F] =
+# (W_s | W_r | W_m); direction [E, 3]; edge e = (receiver[e] <- sender[e]).
+# The graph arguments row_ptr, sender_ptr and edge_of are the kernels' CSR
+# views of the same edges; the definitions below need only receiver and sender.
+
+
+def _painn_parts(x, v, filters, direction):
+    F = x.shape[1] // 3
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return F, _acc(x), _acc(v), _acc(filters), direction.to(dtype)
+
+
+def painn_message(x, v, filters, direction, row_ptr, receiver, sender, sender_ptr, edge_of):
+    """(ds [N, F], dv [N, 3, F]): ds_i = sum_e W_s x_s[j],
+    dv_i = sum_e (W_r x_r[j]) d_e + (W_m x_m[j]) v_j."""
+    F, x_, v_, w_, d_ = _painn_parts(x, v, filters, direction)
+    N = x.shape[0]
+    message = w_ * x_[sender]
+    m_s, m_r, m_m = message.split(F, dim=-1)
+    m_v = m_r[:, None, :] * d_[:, :, None] + m_m[:, None, :] * v_[sender]
+    ds = m_s.new_zeros(N, F).index_add_(0, receiver, m_s)
+    dv = m_v.new_zeros(N, 3, F).index_add_(0, receiver, m_v)
+    return ds.to(x.dtype), dv.to(x.dtype)
+
+
+def painn_message_backward_edge(grad_s, grad_v, x, v, filters, direction, row_ptr, receiver,
+                                sender, sender_ptr, edge_of):
+    """(dL/dfilters [E, 3F], dL/ddirection [E, 3]) of painn_message."""
+    F, x_, v_, w_, d_ = _painn_parts(x, v, filters, direction)
+    g_s, g_v = _acc(grad_s)[receiver], _acc(grad_v)[receiver]
+    x_s, x_r, x_m = x_[sender].split(F, dim=-1)
+    g_dot_d = (g_v * d_[:, :, None]).sum(1)
+    g_dot_v = (g_v * v_[sender]).sum(1)
+    grad_filters = torch.cat([g_s * x_s, x_r * g_dot_d, x_m * g_dot_v], dim=-1)
+    grad_direction = (g_v * (w_[:, F:2 * F] * x_r)[:, None, :]).sum(-1)
+    return grad_filters.to(x.dtype), grad_direction.to(d_.dtype)
+
+
+def painn_message_backward_node(grad_s, grad_v, x, v, filters, direction, row_ptr, receiver,
+                                sender, sender_ptr, edge_of):
+    """(dL/dx [N, 3F], dL/dv [N, 3, F]) of painn_message."""
+    F, x_, v_, w_, d_ = _painn_parts(x, v, filters, direction)
+    N = x.shape[0]
+    g_s, g_v = _acc(grad_s)[receiver], _acc(grad_v)[receiver]
+    w_s, w_r, w_m = w_.split(F, dim=-1)
+    per_edge = torch.cat([w_s * g_s, w_r * (g_v * d_[:, :, None]).sum(1)], dim=-1)
+    p = per_edge.new_zeros(N, 2 * F).index_add_(0, sender, per_edge)
+    q = g_v.new_zeros(N, 3, F).index_add_(0, sender, w_m[:, None, :] * g_v)
+    grad_x = torch.cat([p, (v_ * q).sum(1)], dim=-1)
+    grad_v_in = x_[:, None, 2 * F:] * q
+    return grad_x.to(x.dtype), grad_v_in.to(x.dtype)
+
+
+def painn_update(s, v, a, mix):
+    """(s + a_ss + a_sv <V, W>, v + a_vv W) with a = (a_ss | a_vv | a_sv) [N, 3F] and
+    mix = (V | W) [N, 3, 2F]."""
+    F = s.shape[1]
+    a_ss, a_vv, a_sv = _acc(a).split(F, dim=-1)
+    vec_v, vec_w = _acc(mix).split(F, dim=-1)
+    s_out = _acc(s) + a_ss + a_sv * (vec_v * vec_w).sum(1)
+    v_out = _acc(v) + a_vv[:, None, :] * vec_w
+    return s_out.to(s.dtype), v_out.to(s.dtype)
