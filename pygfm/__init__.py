@@ -1,12 +1,14 @@
 """pygfm: fast kernels and tools for multi-task atomistic graph foundation models.
 
 ``import pygfm`` loads the compiled ops into ``torch.ops.pygfm`` and exposes
-their checked, differentiable Python front ends in :mod:`pygfm.ops`.
+their checked, differentiable Python front ends in :mod:`pygfm.ops`; models
+are in :mod:`pygfm.nn`, batches of structures in :mod:`pygfm.data`.
 """
 
 from ._extension import build_info
 from . import ops
+from . import data, nn
 
 __version__ = build_info()["version"]
 
-__all__ = ["build_info", "ops", "__version__"]
+__all__ = ["build_info", "data", "nn", "ops", "__version__"]

@@ -1,0 +1,1 @@
+"""Bridges to other atomistic ML codes (their models in, pygfm models out)."""

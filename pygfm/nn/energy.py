@@ -1,0 +1,141 @@
+"""Energy models: a PaiNN trunk and an atomwise head; forces and stress by autograd."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import AtomicBatch
+from ..ops import edge_vectors, message_graph, neighbor_list, segment_sum
+from .mlp import MLP
+from .painn import PaiNN
+
+__all__ = ["EnergyModel"]
+
+
+class EnergyModel(nn.Module):
+    """E = sum over atoms of (head(s_i) * scale + shift + atom_energy[Z_i]) (eV).
+
+    ``aggregation="mean"`` divides by the atom count (an intensive target).
+    Forces F = -dE/dx (eV/Å) and stress sigma = (1/V) dE/d(strain) (eV/Å^3, the
+    ASE convention) come from autograd through the edge vectors, so they are
+    exactly consistent with the energy.
+
+    Every pygfm energy model offers :meth:`predict` on ASE structures.
+    """
+
+    def __init__(self, representation: PaiNN, head: nn.Module | None = None,
+                 aggregation: str = "sum", scale: float = 1.0, shift: float = 0.0,
+                 atom_energies: torch.Tensor | None = None,
+                 extensive_offsets: bool | None = None):
+        super().__init__()
+        if aggregation not in ("sum", "mean"):
+            raise ValueError(f"EnergyModel: aggregation must be 'sum' or 'mean', "
+                             f"got {aggregation!r}")
+        self.representation = representation
+        F_ = representation.n_features
+        self.head = head if head is not None else MLP([F_, max(F_ // 2, 1), 1])
+        self.aggregation = aggregation
+        self.extensive_offsets = aggregation == "sum" if extensive_offsets is None \
+            else bool(extensive_offsets)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        if atom_energies is None:
+            atom_energies = torch.zeros(representation.max_z)
+        self.register_buffer("atom_energies", torch.as_tensor(atom_energies).clone())
+
+    @property
+    def cutoff(self) -> float:
+        return self.representation.cutoff
+
+    def forward(self, batch: AtomicBatch, forces: bool = True, stress: bool = False) -> dict:
+        """``{"energy": [B], "forces": [N, 3], "stress": [B, 3, 3]}`` (as asked).
+
+        In training mode the graph is kept, so losses on forces and stress can
+        be differentiated with respect to the weights.
+        """
+        positions, cell = batch.positions, batch.cell
+        structure = batch.structure_index()
+        inputs = []
+        with torch.enable_grad():
+            if forces:
+                positions = positions.detach().requires_grad_(True)
+                inputs.append(positions)
+            if stress:
+                strain = torch.zeros_like(cell, requires_grad=True)
+                inputs.append(strain)
+                symmetric = 0.5 * (strain + strain.transpose(1, 2))
+                positions = positions + torch.einsum(
+                    "na,nab->nb", positions, symmetric[structure])
+                cell = cell + cell @ symmetric
+            pairs = neighbor_list(positions.detach(), self.cutoff, batch.cell, batch.pbc,
+                                  batch.ptr)
+            vectors, _ = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell,
+                                      batch.ptr)
+            graph = message_graph(pairs.edge_index, batch.num_atoms)
+            s, _ = self.representation(batch.numbers, vectors, graph)
+            atomic = self.head(s).squeeze(-1).to(self.scale.dtype) * self.scale
+            offsets = segment_sum(self.shift + self.atom_energies[batch.numbers], batch.ptr)
+            energy = segment_sum(atomic, batch.ptr)
+            counts = (batch.ptr[1:] - batch.ptr[:-1]).clamp(min=1)
+            if self.aggregation == "mean":
+                energy = energy / counts
+            energy = energy + (offsets if self.extensive_offsets else offsets / counts)
+            result = {"energy": energy}
+            if inputs:
+                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=self.training)
+                if forces:
+                    result["forces"] = -grads[0]
+                if stress:
+                    volume = torch.linalg.det(batch.cell).abs()
+                    result["stress"] = grads[-1] / volume[:, None, None]
+        return result
+
+    @torch.no_grad()
+    def predict(self, atoms_list: Sequence, max_atoms: int = 4096) -> dict:
+        """Energies, forces and (for fully periodic structures) stress of ASE Atoms.
+
+        Returns ``{"energy": np.ndarray [B] (eV), "forces": list of [n_i, 3]
+        arrays (eV/Å), "stress": np.ndarray [B, 3, 3] (eV/Å^3; NaN for
+        structures that are not periodic along all three axes)}``. Structures
+        are evaluated in chunks of at most ``max_atoms`` atoms (a larger
+        structure gets a chunk of its own).
+        """
+        was_training = self.training
+        self.eval()
+        parameter = next(self.parameters())
+        energies, forces, stresses = [], [], []
+        try:
+            for chunk in _chunks(atoms_list, max_atoms):
+                geometry = torch.promote_types(parameter.dtype, torch.float32)
+                batch = AtomicBatch.from_atoms(chunk, dtype=geometry,
+                                               device=parameter.device)
+                periodic = batch.pbc.all(dim=1)
+                out = self.forward(batch, forces=True, stress=bool(periodic.any()))
+                energies.append(out["energy"].detach().cpu().numpy())
+                counts = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
+                forces.extend(f.numpy() for f in out["forces"].detach().cpu().split(counts))
+                stress = np.full((batch.num_structures, 3, 3), np.nan)
+                if "stress" in out:
+                    values = out["stress"].detach().cpu().numpy()
+                    stress[periodic.cpu().numpy()] = values[periodic.cpu().numpy()]
+                stresses.append(stress)
+        finally:
+            self.train(was_training)
+        return {"energy": np.concatenate(energies), "forces": forces,
+                "stress": np.concatenate(stresses)}
+
+
+def _chunks(atoms_list: Sequence, max_atoms: int):
+    chunk, atoms = [], 0
+    for structure in atoms_list:
+        if chunk and atoms + len(structure) > max_atoms:
+            yield chunk
+            chunk, atoms = [], 0
+        chunk.append(structure)
+        atoms += len(structure)
+    if chunk:
+        yield chunk
