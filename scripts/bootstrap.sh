@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./.venv with PyTorch (CPU build), builds pygfm against it and installs it.
 #   scripts/bootstrap.sh          the package and what the demo needs
-#   scripts/bootstrap.sh --test   also what the tests need (requirements-test.txt)
+#   scripts/bootstrap.sh --test   also what the tests need (requirements-test.txt, and
+#                                 schnetpack without its torch-replacing pins)
 # Environment: PYTHON (default python3), PYGFM_TORCH (default 2.13.0, the CPU build
 # that lies on this machine's disk), PYGFM_BACKENDS (default auto).
 set -euo pipefail
@@ -22,4 +23,8 @@ echo "==> installing torch==$torch_version and the build tools"
 echo "==> building pygfm against $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
 # --no-build-isolation: the extension must be compiled against the torch it runs with.
 "${pip[@]}" install --no-build-isolation --no-deps .
+if [[ "${1:-}" == "--test" ]]; then
+  echo "==> installing schnetpack (the PaiNN reference) with --no-deps"
+  "${pip[@]}" install --no-deps -r requirements-schnetpack.txt
+fi
 (cd /tmp && "$OLDPWD/.venv/bin/python" -c 'import pygfm; print("==> pygfm", pygfm.__version__, pygfm.build_info())')

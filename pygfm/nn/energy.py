@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data import AtomicBatch
-from ..ops import edge_vectors, message_graph, neighbor_list, segment_sum
+from ..ops import NeighborList, edge_vectors, message_graph, neighbor_list, segment_sum
 from .mlp import MLP
 from .painn import PaiNN
 
@@ -51,8 +51,13 @@ class EnergyModel(nn.Module):
     def cutoff(self) -> float:
         return self.representation.cutoff
 
-    def forward(self, batch: AtomicBatch, forces: bool = True, stress: bool = False) -> dict:
+    def forward(self, batch: AtomicBatch, forces: bool = True, stress: bool = False,
+                neighbors: NeighborList | None = None) -> dict:
         """``{"energy": [B], "forces": [N, 3], "stress": [B, 3, 3]}`` (as asked).
+
+        ``neighbors``: a list from :func:`pygfm.ops.neighbor_list` for this
+        batch at this model's cutoff (or larger: longer pairs add nothing), to
+        reuse between calls; by default it is built here.
 
         In training mode the graph is kept, so losses on forces and stress can
         be differentiated with respect to the weights.
@@ -71,8 +76,8 @@ class EnergyModel(nn.Module):
                 positions = positions + torch.einsum(
                     "na,nab->nb", positions, symmetric[structure])
                 cell = cell + cell @ symmetric
-            pairs = neighbor_list(positions.detach(), self.cutoff, batch.cell, batch.pbc,
-                                  batch.ptr)
+            pairs = neighbors if neighbors is not None else neighbor_list(
+                positions.detach(), self.cutoff, batch.cell, batch.pbc, batch.ptr)
             vectors, _ = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell,
                                       batch.ptr)
             graph = message_graph(pairs.edge_index, batch.num_atoms)
