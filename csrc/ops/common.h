@@ -68,30 +68,34 @@ inline void check_index_tensor(const at::Tensor& index, const at::Tensor& src, c
 // (ptr[0] == 0, non-decreasing, ptr[-1] == rows). GPU callers get the value
 // checks from the Python layer (they would cost a device synchronization).
 inline void check_ptr(const at::Tensor& ptr, const at::Tensor& src, int64_t rows,
-                      const char* op) {
-  check_index_tensor(ptr, src, op, "ptr");
-  TORCH_CHECK_VALUE(ptr.size(0) >= 1, "pygfm.", op, ": ptr must have at least one entry");
+                      const char* op, const char* name = "ptr",
+                      const char* rows_of = "rows of src") {
+  check_index_tensor(ptr, src, op, name);
+  TORCH_CHECK_VALUE(ptr.size(0) >= 1, "pygfm.", op, ": ", name,
+                    " must have at least one entry");
   if (!ptr.is_cpu()) return;
   const at::Tensor contiguous = ptr.contiguous();
   const int64_t* p = contiguous.const_data_ptr<int64_t>();
   const int64_t S = ptr.size(0) - 1;
-  TORCH_CHECK_VALUE(p[0] == 0, "pygfm.", op, ": ptr[0] must be 0, got ", p[0]);
+  TORCH_CHECK_VALUE(p[0] == 0, "pygfm.", op, ": ", name, "[0] must be 0, got ", p[0]);
   for (int64_t s = 0; s < S; ++s)
-    TORCH_CHECK_VALUE(p[s + 1] >= p[s], "pygfm.", op, ": ptr must be non-decreasing, but ptr[",
-                      s + 1, "] = ", p[s + 1], " < ptr[", s, "] = ", p[s]);
-  TORCH_CHECK_VALUE(p[S] == rows, "pygfm.", op, ": ptr[-1] = ", p[S],
-                    " must equal the number of rows of src (", rows, ")");
+    TORCH_CHECK_VALUE(p[s + 1] >= p[s], "pygfm.", op, ": ", name,
+                      " must be non-decreasing, but ", name, "[", s + 1, "] = ", p[s + 1],
+                      " < ", name, "[", s, "] = ", p[s]);
+  TORCH_CHECK_VALUE(p[S] == rows, "pygfm.", op, ": ", name, "[-1] = ", p[S],
+                    " must equal the number of ", rows_of, " (", rows, ")");
 }
 
 // Values of a scatter index must lie in [0, dim_size); checked on the CPU.
-inline void check_index_values(const at::Tensor& index, int64_t dim_size, const char* op) {
-  TORCH_CHECK_VALUE(dim_size >= 0, "pygfm.", op, ": dim_size must be >= 0, got ", dim_size);
+inline void check_index_values(const at::Tensor& index, int64_t dim_size, const char* op,
+                               const char* name = "index", const char* bound = "dim_size") {
+  TORCH_CHECK_VALUE(dim_size >= 0, "pygfm.", op, ": ", bound, " must be >= 0, got ", dim_size);
   if (!index.is_cpu()) return;
   const at::Tensor contiguous = index.contiguous();
   const int64_t* values = contiguous.const_data_ptr<int64_t>();
   for (int64_t e = 0; e < index.size(0); ++e)
-    TORCH_CHECK_INDEX(values[e] >= 0 && values[e] < dim_size, "pygfm.", op, ": index[", e,
-                      "] = ", values[e], " is outside [0, dim_size = ", dim_size, ")");
+    TORCH_CHECK_INDEX(values[e] >= 0 && values[e] < dim_size, "pygfm.", op, ": ", name, "[", e,
+                      "] = ", values[e], " is outside [0, ", bound, " = ", dim_size, ")");
 }
 
 // The current CUDA/HIP stream of `device`, as an opaque handle for the launchers.

@@ -26,13 +26,21 @@ struct Dims {
 };
 
 void check_like(const at::Tensor& t, const at::Tensor& like, std::vector<int64_t> shape,
-                const char* name, const char* op) {
+                const char* name, const char* op, const char* like_name = "x") {
   TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), "pygfm.", op, ": ", name,
-                   " has dtype ", t.scalar_type(), " but x has ", like.scalar_type());
+                   " has dtype ", t.scalar_type(), " but ", like_name, " has ",
+                   like.scalar_type());
   TORCH_CHECK_VALUE(t.device() == like.device(), "pygfm.", op, ": ", name, " is on ", t.device(),
-                    " but x is on ", like.device());
+                    " but ", like_name, " is on ", like.device());
   TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), "pygfm.", op, ": ", name,
                     " must have shape ", at::IntArrayRef(shape), ", got ", t.sizes());
+}
+
+void check_floating_features(const at::Tensor& t, const char* name, const char* op) {
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kDouble || dtype == at::kFloat || dtype == at::kBFloat16,
+                   "pygfm.", op, ": ", name, " has dtype ", dtype,
+                   "; supported are float64, float32 and bfloat16");
 }
 
 at::ScalarType geometry_dtype(at::ScalarType features) {
@@ -41,6 +49,7 @@ at::ScalarType geometry_dtype(at::ScalarType features) {
 
 Dims check_features(const at::Tensor& x, const at::Tensor& v, const at::Tensor& filters,
                     const at::Tensor& direction, const char* op) {
+  check_floating_features(x, "x", op);
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) % 3 == 0, "pygfm.", op,
                     ": x must have shape [N, 3F], got ", x.sizes());
   const int64_t N = x.size(0), F = x.size(1) / 3;
@@ -57,21 +66,20 @@ Dims check_features(const at::Tensor& x, const at::Tensor& v, const at::Tensor& 
                     direction.device(), " but x is on ", x.device());
   TORCH_CHECK_VALUE(direction.sizes() == at::IntArrayRef({E, 3}), "pygfm.", op,
                     ": direction must have shape [E, 3] = [", E, ", 3], got ", direction.sizes());
-  dispatch_floating(x.scalar_type(), op, [](auto) {});
   return {N, F, E};
 }
 
 void check_edge_index(const at::Tensor& index, const at::Tensor& x, int64_t E, int64_t N,
-                      const char* op, const char* name) {
+                      const char* op, const char* name, const char* bound) {
   check_index_tensor(index, x, op, name);
   TORCH_CHECK_VALUE(index.size(0) == E, "pygfm.", op, ": ", name, " has ", index.size(0),
                     " entries but there are ", E, " edges");
-  check_index_values(index, N, op);
+  check_index_values(index, N, op, name, bound);
 }
 
 void check_row_pointer(const at::Tensor& ptr, const at::Tensor& x, const Dims& d,
                        const char* op, const char* name) {
-  check_ptr(ptr, x, d.E, op);
+  check_ptr(ptr, x, d.E, op, name, "edges");
   TORCH_CHECK_VALUE(ptr.size(0) == d.N + 1, "pygfm.", op, ": ", name, " must have N + 1 = ",
                     d.N + 1, " entries, got ", ptr.size(0));
 }
@@ -82,17 +90,43 @@ struct Graph {
   at::Tensor row_ptr, receiver, sender, sender_ptr, edge_of;
 };
 
+// The kernels read row_ptr (forward, edge half) or receiver and edge_of (node
+// half): they must describe the same edges, or forward and backward disagree.
+void check_consistency(const Graph& g, const Dims& d, const char* op) {
+  const int64_t* row_ptr = g.row_ptr.const_data_ptr<int64_t>();
+  const int64_t* receiver = g.receiver.const_data_ptr<int64_t>();
+  const int64_t* sender = g.sender.const_data_ptr<int64_t>();
+  const int64_t* sender_ptr = g.sender_ptr.const_data_ptr<int64_t>();
+  const int64_t* edge_of = g.edge_of.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < d.N; ++i)
+    for (int64_t e = row_ptr[i]; e < row_ptr[i + 1]; ++e)
+      TORCH_CHECK_VALUE(receiver[e] == i, "pygfm.", op, ": receiver[", e, "] = ", receiver[e],
+                        " but row_ptr puts edge ", e, " in row ", i,
+                        " (build the graph with pygfm.ops.message_graph)");
+  std::vector<bool> seen(d.E, false);
+  for (int64_t j = 0; j < d.N; ++j)
+    for (int64_t p = sender_ptr[j]; p < sender_ptr[j + 1]; ++p) {
+      const int64_t e = edge_of[p];
+      TORCH_CHECK_VALUE(sender[e] == j && !seen[e], "pygfm.", op, ": edge_of[", p, "] = ", e,
+                        " is not a new edge of sender ", j,
+                        " (build the graph with pygfm.ops.message_graph)");
+      seen[e] = true;
+    }
+}
+
 Graph check_graph(const at::Tensor& row_ptr, const at::Tensor& receiver,
                   const at::Tensor& sender, const at::Tensor& sender_ptr,
                   const at::Tensor& edge_of, const at::Tensor& x, const Dims& d,
                   const char* op) {
   check_row_pointer(row_ptr, x, d, op, "row_ptr");
-  check_edge_index(receiver, x, d.E, d.N, op, "receiver");
-  check_edge_index(sender, x, d.E, d.N, op, "sender");
+  check_edge_index(receiver, x, d.E, d.N, op, "receiver", "atoms");
+  check_edge_index(sender, x, d.E, d.N, op, "sender", "atoms");
   check_row_pointer(sender_ptr, x, d, op, "sender_ptr");
-  check_edge_index(edge_of, x, d.E, d.E, op, "edge_of");
-  return {row_ptr.contiguous(), receiver.contiguous(), sender.contiguous(),
+  check_edge_index(edge_of, x, d.E, d.E, op, "edge_of", "edges");
+  Graph g{row_ptr.contiguous(), receiver.contiguous(), sender.contiguous(),
           sender_ptr.contiguous(), edge_of.contiguous()};
+  if (x.is_cpu()) check_consistency(g, d, op);
+  return g;
 }
 
 at::Tensor geometry_empty(const at::Tensor& like, std::vector<int64_t> shape) {
@@ -237,9 +271,10 @@ std::tuple<at::Tensor, at::Tensor> painn_update(const at::Tensor& s_in, const at
   TORCH_CHECK_VALUE(s_in.dim() == 2, "pygfm.", op, ": s must have shape [N, F], got ",
                     s_in.sizes());
   const int64_t N = s_in.size(0), F = s_in.size(1);
-  check_like(v_in, s_in, {N, 3, F}, "v", op);
-  check_like(a_in, s_in, {N, 3 * F}, "a", op);
-  check_like(mix_in, s_in, {N, 3, 2 * F}, "mix", op);
+  check_floating_features(s_in, "s", op);
+  check_like(v_in, s_in, {N, 3, F}, "v", op, "s");
+  check_like(a_in, s_in, {N, 3 * F}, "a", op, "s");
+  check_like(mix_in, s_in, {N, 3, 2 * F}, "mix", op, "s");
   const at::Tensor s = s_in.contiguous(), v = v_in.contiguous(), a = a_in.contiguous(),
                    mix = mix_in.contiguous();
   at::Tensor s_out = at::empty({N, F}, s.options());

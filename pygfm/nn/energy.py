@@ -47,6 +47,21 @@ class EnergyModel(nn.Module):
             atom_energies = torch.zeros(representation.max_z)
         self.register_buffer("atom_energies", torch.as_tensor(atom_energies).clone())
 
+    _OFFSETS = ("scale", "shift", "atom_energies")
+
+    def _apply(self, fn, recurse=True):
+        # A cast to BF16/FP16 must not round the energy offsets (per-element
+        # reference energies reach -1000s of eV): they stay FP32 or better.
+        before = {name: getattr(self, name) for name in self._OFFSETS}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self, name)
+            if new.dtype in (torch.bfloat16, torch.float16):
+                dtype = old.dtype if old.dtype in (torch.float32, torch.float64) \
+                    else torch.float32
+                setattr(self, name, old.to(device=new.device, dtype=dtype))
+        return self
+
     @property
     def cutoff(self) -> float:
         return self.representation.cutoff
@@ -109,6 +124,8 @@ class EnergyModel(nn.Module):
         are evaluated in chunks of at most ``max_atoms`` atoms (a larger
         structure gets a chunk of its own).
         """
+        if len(atoms_list) == 0:
+            return {"energy": np.zeros(0), "forces": [], "stress": np.zeros((0, 3, 3))}
         was_training = self.training
         self.eval()
         parameter = next(self.parameters())
@@ -120,12 +137,13 @@ class EnergyModel(nn.Module):
                                                device=parameter.device)
                 periodic = batch.pbc.all(dim=1)
                 out = self.forward(batch, forces=True, stress=bool(periodic.any()))
-                energies.append(out["energy"].detach().cpu().numpy())
+                energies.append(out["energy"].detach().double().cpu().numpy())
                 counts = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
-                forces.extend(f.numpy() for f in out["forces"].detach().cpu().split(counts))
+                forces.extend(f.numpy() for f in
+                              out["forces"].detach().double().cpu().split(counts))
                 stress = np.full((batch.num_structures, 3, 3), np.nan)
                 if "stress" in out:
-                    values = out["stress"].detach().cpu().numpy()
+                    values = out["stress"].detach().double().cpu().numpy()
                     stress[periodic.cpu().numpy()] = values[periodic.cpu().numpy()]
                 stresses.append(stress)
         finally:

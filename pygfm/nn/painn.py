@@ -101,8 +101,9 @@ class PaiNN(nn.Module):
         dtype = self.embedding.weight.dtype
         distance = vectors.norm(dim=1)
         direction = vectors / distance[:, None]
-        basis = self.radial_basis(distance).to(dtype)
         fcut = self.cutoff_fn(distance).to(dtype)[:, None]
+        # (basis @ W.T + b) * fcut as one product: [basis * fcut, fcut] @ [W, b].T
+        cut_basis = torch.cat([self.radial_basis(distance).to(dtype) * fcut, fcut], dim=1)
         s = self.embedding(numbers)
         v = s.new_zeros(s.shape[0], 3, self.n_features)
         width = 3 * self.n_features
@@ -111,7 +112,8 @@ class PaiNN(nn.Module):
             rows = slice(0, width) if self.shared_filters else \
                 slice(index * width, (index + 1) * width)
             if index == 0 or not self.shared_filters:
-                filters = F.linear(basis, self.filter_net.weight[rows],
-                                   self.filter_net.bias[rows]) * fcut
+                weight = torch.cat([self.filter_net.weight[rows],
+                                    self.filter_net.bias[rows, None]], dim=1)
+                filters = F.linear(cut_basis, weight)
             s, v = layer(s, v, filters, direction, graph)
         return s, v

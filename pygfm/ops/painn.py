@@ -69,10 +69,13 @@ def message_graph(edge_index: torch.Tensor, num_atoms: int) -> MessageGraph:
     """Build the :class:`MessageGraph` of ``edge_index`` [2, E] (row 0 receiver i,
     row 1 sender j, sorted by receiver, as ``neighbor_list`` returns it)."""
     op = "message_graph"
-    if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 or \
-            edge_index.shape[0] != 2:
-        shape = tuple(edge_index.shape) if isinstance(edge_index, torch.Tensor) else None
-        raise ValueError(f"{op}: edge_index must have shape [2, E], got {shape}")
+    if not isinstance(edge_index, torch.Tensor):
+        raise TypeError(f"{op}: edge_index must be a tensor, got {type(edge_index).__name__}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{op}: edge_index must have shape [2, E], got "
+                         f"{list(edge_index.shape)}")
+    if int(num_atoms) < 0:
+        raise ValueError(f"{op}: num_atoms must be >= 0, got {num_atoms}")
     receiver = as_index(op, "edge_index", edge_index[0], edge_index.device).contiguous()
     sender = as_index(op, "edge_index", edge_index[1], edge_index.device).contiguous()
     num_atoms = int(num_atoms)
@@ -232,6 +235,13 @@ torch.library.register_autograd("pygfm::painn_update", _update_backward,
 
 
 # ----------------------------------------------------------------- front ends
+def _check_devices(op: str, reference_name: str, reference: torch.Tensor, named) -> None:
+    for name, tensor in named:
+        if tensor.device != reference.device:
+            raise ValueError(f"{op}: {name} is on {tensor.device} but {reference_name} is on "
+                             f"{reference.device}")
+
+
 def _geometry_dtype(features: torch.dtype) -> torch.dtype:
     return torch.float64 if features == torch.float64 else torch.float32
 
@@ -252,6 +262,8 @@ def painn_message(x: torch.Tensor, v: torch.Tensor, filters: torch.Tensor,
     if not isinstance(graph, MessageGraph):
         raise TypeError(f"{op}: graph must be a MessageGraph (see message_graph), "
                         f"got {type(graph).__name__}")
+    _check_devices(op, "x", x, [("v", v), ("filters", filters), ("direction", direction),
+                                *zip(MessageGraph._fields, graph)])
     direction = direction.to(_geometry_dtype(x.dtype))
     if not _has_kernel(x.device):
         return reference.painn_message(x, v, filters, direction, *graph)
@@ -266,6 +278,7 @@ def painn_update(s: torch.Tensor, v: torch.Tensor, a: torch.Tensor, mix: torch.T
     """
     for name, tensor in (("s", s), ("v", v), ("a", a), ("mix", mix)):
         check_floating("painn_update", name, tensor)
+    _check_devices("painn_update", "s", s, [("v", v), ("a", a), ("mix", mix)])
     if not _has_kernel(s.device):
         return reference.painn_update(s, v, a, mix)
     return _ops.painn_update(s, v, a, mix)

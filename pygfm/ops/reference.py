@@ -155,6 +155,8 @@ def painn_message(x, v, filters, direction, row_ptr, receiver, sender, sender_pt
     dv_i = sum_e (W_r x_r[j]) d_e + (W_m x_m[j]) v_j."""
     F, x_, v_, w_, d_ = _painn_parts(x, v, filters, direction)
     N = x.shape[0]
+    if F == 0:
+        return x.new_zeros(N, 0), v.new_zeros(N, 3, 0)
     message = w_ * x_[sender]
     m_s, m_r, m_m = message.split(F, dim=-1)
     m_v = m_r[:, None, :] * d_[:, :, None] + m_m[:, None, :] * v_[sender]
