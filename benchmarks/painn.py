@@ -17,9 +17,14 @@ Both codes get the same precomputed neighbor list (pygfm's; it equals ASE's), so
 the model is what is timed. Tasks: inference = energy + forces; training step =
 energy + forces (graph kept), MSE loss on both, backward, Adam step. Codes
 alternate within each repetition; the table shows medians and ratios
-(>1: pygfm faster). Peak memory is the growth of resident memory during the
-task in a fresh process per code (sampled every 0.5 ms). GFLOP/s counts the
-model's forward FLOPs analytically, x3 for inference and x9 for a training step.
+(>1: pygfm faster). ``import pygfm`` installs a CPU allocator that reuses large
+blocks (see pygfm.set_cpu_allocator); it speeds up any torch code, schnetpack
+included, so each code is timed with and without it: "speed-up" compares the
+codes as users run them (schnetpack with torch's allocator, pygfm as shipped),
+"same alloc" the worse of the two same-allocator ratios. Peak memory is the
+growth of resident memory during the task in a fresh process per code (sampled
+every 0.5 ms). GFLOP/s counts the model's forward FLOPs analytically, x3 for
+inference and x9 for a training step.
 
 Run on a quiet machine:  python benchmarks/painn.py [--quick] [--threads 2]
 """
@@ -196,7 +201,9 @@ def memory_worker(args) -> None:
 def measure_memory(code, mode, workload, args) -> float:
     command = [sys.executable, __file__, "--memory-worker", code, mode, workload,
                "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    # each code as it is used: schnetpack with torch's allocator, pygfm with its own
+    env = dict(os.environ, PYGFM_CPU_ALLOCATOR="1" if code == "pygfm" else "0")
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak"] / 2**20
 
 
@@ -227,36 +234,47 @@ def main():
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{args.threads} threads, torch {torch.__version__}, pygfm {pygfm.__version__}, "
           f"schnetpack {spk.__version__}, FP32, F={32 if args.quick else F_FEATURES}")
-    header = (f"{'workload':10} {'task':9} {'atoms':>6} {'pairs':>7} {'schnetpack ms':>14} "
-              f"{'pygfm ms':>9} {'speed-up':>9} {'spk MiB':>8} {'pygfm MiB':>10} "
-              f"{'mem ratio':>9} {'GFLOP/s':>8} {'% peak':>7} {'max rel diff':>12}")
+    print("# spk: schnetpack as users run it (torch's CPU allocator); spk+A: schnetpack with "
+          "pygfm's block-cache allocator; pygfm: as shipped (allocator on); pygfm-A: "
+          "allocator off")
+    header = (f"{'workload':10} {'task':6} {'atoms':>5} {'pairs':>6} {'spk ms':>7} "
+              f"{'spk+A ms':>8} {'pygfm ms':>8} {'pygfm-A':>8} {'speed-up':>8} "
+              f"{'same alloc':>10} {'spk MiB':>8} {'pygfm MiB':>9} {'mem':>5} "
+              f"{'GFLOP/s':>7} {'%peak':>5} {'rel diff':>8}")
     print(header)
+    # (task, allocator on) per column, timed in turn within each repetition
+    columns = {"spk": ("schnetpack", False), "spk+A": ("schnetpack", True),
+               "pygfm": ("pygfm", True), "pygfm-A": ("pygfm", False)}
     for workload in ("molecules", "bulk"):
         for mode in ("infer", "train"):
             tasks = {code: build(code, mode, workload, args.quick)
                      for code in ("schnetpack", "pygfm")}
             difference = check_agreement(tasks)
-            times = {code: [] for code in tasks}
-            for task in tasks.values():  # warm-up
-                task()
+            times = {column: [] for column in columns}
+            for code, on in columns.values():  # warm-up
+                pygfm.set_cpu_allocator(on)
+                tasks[code]()
             for _ in range(repeats):
-                for code, task in tasks.items():
+                for column, (code, on) in columns.items():
+                    pygfm.set_cpu_allocator(on)
                     start = time.perf_counter()
-                    task()
-                    times[code].append(time.perf_counter() - start)
-            median = {code: statistics.median(values) * 1e3 for code, values in times.items()}
+                    tasks[code]()
+                    times[column].append(time.perf_counter() - start)
+            pygfm.set_cpu_allocator(True)
+            ms = {column: statistics.median(values) * 1e3 for column, values in times.items()}
             memory = {code: measure_memory(code, mode, workload, args) for code in tasks}
             batch, pairs = tasks["pygfm"].batch, tasks["pygfm"].pairs
             F = 32 if args.quick else F_FEATURES
             flops = forward_flops(batch.num_atoms, pairs.edge_index.shape[1], F) * \
                 (3 if mode == "infer" else 9)
-            gflops = flops / (median["pygfm"] * 1e-3) / 1e9
-            print(f"{workload:10} {mode:9} {batch.num_atoms:6d} {pairs.edge_index.shape[1]:7d} "
-                  f"{median['schnetpack']:14.1f} {median['pygfm']:9.1f} "
-                  f"{median['schnetpack'] / median['pygfm']:8.2f}x "
-                  f"{memory['schnetpack']:8.1f} {memory['pygfm']:10.1f} "
-                  f"{memory['pygfm'] / max(memory['schnetpack'], 1e-9):9.2f} "
-                  f"{gflops:8.1f} {100 * gflops / PEAK_GFLOPS:6.1f}% {difference:12.1e}",
+            gflops = flops / (ms["pygfm"] * 1e-3) / 1e9
+            same = min(ms["spk+A"] / ms["pygfm"], ms["spk"] / ms["pygfm-A"])
+            print(f"{workload:10} {mode:6} {batch.num_atoms:5d} {pairs.edge_index.shape[1]:6d} "
+                  f"{ms['spk']:7.1f} {ms['spk+A']:8.1f} {ms['pygfm']:8.1f} {ms['pygfm-A']:8.1f} "
+                  f"{ms['spk'] / ms['pygfm']:7.2f}x {same:9.2f}x "
+                  f"{memory['schnetpack']:8.1f} {memory['pygfm']:9.1f} "
+                  f"{memory['pygfm'] / max(memory['schnetpack'], 1e-9):5.2f} "
+                  f"{gflops:7.1f} {100 * gflops / PEAK_GFLOPS:4.0f}% {difference:8.1e}",
                   flush=True)
 
 

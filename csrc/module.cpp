@@ -9,6 +9,10 @@
 
 namespace py = pybind11;
 
+// csrc/ops/cpu_allocator.cpp
+extern "C" bool pygfm_set_cpu_allocator(bool enable);
+extern "C" bool pygfm_cpu_allocator_active();
+
 PYBIND11_MODULE(_C, module) {
   module.doc() = "pygfm compiled kernels; the ops live in torch.ops.pygfm";
   module.def("build_info", []() {
@@ -21,4 +25,8 @@ PYBIND11_MODULE(_C, module) {
     info["build_type"] = PYGFM_BUILD_TYPE;
     return info;
   });
+  module.def("set_cpu_allocator", &pygfm_set_cpu_allocator, py::arg("enable"),
+             "Serve large CPU tensors from pygfm's huge-page block cache (True) or with "
+             "torch's allocator (False); returns the previous setting.");
+  module.def("cpu_allocator_active", &pygfm_cpu_allocator_active);
 }

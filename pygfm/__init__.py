@@ -5,10 +5,11 @@ their checked, differentiable Python front ends in :mod:`pygfm.ops`; models
 are in :mod:`pygfm.nn`, batches of structures in :mod:`pygfm.data`.
 """
 
-from ._extension import build_info
+from ._extension import build_info, cpu_allocator_active, set_cpu_allocator
 from . import ops
 from . import data, nn
 
 __version__ = build_info()["version"]
 
-__all__ = ["build_info", "data", "nn", "ops", "__version__"]
+__all__ = ["build_info", "cpu_allocator_active", "data", "nn", "ops", "set_cpu_allocator",
+           "__version__"]

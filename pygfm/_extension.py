@@ -42,3 +42,19 @@ def build_info() -> dict:
     info["backends"] = [b for b in info["backends"].split(",") if b]
     info["gpu_archs"] = [a for a in info["gpu_archs"].split(",") if a]
     return info
+
+
+def set_cpu_allocator(enable: bool) -> bool:
+    """Serve CPU tensors of 4 MiB or more from pygfm's block cache (huge pages,
+    blocks reused instead of returned to the system) or from torch's allocator.
+
+    On by default from ``import pygfm`` (``PYGFM_CPU_ALLOCATOR=0`` keeps torch's);
+    it affects every torch CPU tensor in the process. ``PYGFM_CPU_CACHE_MB``
+    (default 2048) bounds the memory kept for reuse. Returns the previous setting.
+    """
+    return bool(_C.set_cpu_allocator(bool(enable)))
+
+
+def cpu_allocator_active() -> bool:
+    """Whether large CPU tensors currently come from pygfm's block cache."""
+    return bool(_C.cpu_allocator_active())

@@ -38,7 +38,7 @@ __global__ void filter_grad_kernel(const T* grad_s, const T* grad_v, const T* x,
   PYGFM_GRID_STRIDE(t, E * F) {
     const int64_t e = t / F, f = t % F;
     const int64_t i = receiver[e], j = sender[e];
-    acc_t<T> unused[3] = {0, 0, 0};
+    acc_t<T> unused[3] = {0, 0, 0};  // dL/dd comes from direction_grad_kernel
     kernels::painn_edge_grad_block<1>(grad_s + i * F, grad_v + i * 3 * F, x + j * 3 * F,
                                       v + j * 3 * F, filters + e * 3 * F, direction + 3 * e,
                                       F, f, 1, grad_filters + e * 3 * F, unused);
