@@ -55,8 +55,10 @@ void for_each_row_range(const int64_t* ptr, int64_t rows, int64_t F, const Body&
   });
 }
 
+// The *_rows functions are always inlined into the per-ISA clones below (a
+// plain template would be compiled once, for baseline SSE2).
 template <typename T>
-void message_rows(const T* x, const T* v, const T* filters, const acc_t<T>* direction,
+PYGFM_HD void message_rows(const T* x, const T* v, const T* filters, const acc_t<T>* direction,
                   const int64_t* row_ptr, const int64_t* sender, int64_t F, int64_t lo,
                   int64_t hi, T* out_s, T* out_v) {
   acc_t<T> acc[4 * kTile];
@@ -74,7 +76,7 @@ void message_rows(const T* x, const T* v, const T* filters, const acc_t<T>* dire
 }
 
 template <typename T>
-void edge_grad_rows(const T* grad_s, const T* grad_v, const T* x, const T* v, const T* filters,
+PYGFM_HD void edge_grad_rows(const T* grad_s, const T* grad_v, const T* x, const T* v, const T* filters,
                     const acc_t<T>* direction, const int64_t* row_ptr, const int64_t* sender,
                     int64_t F, int64_t lo, int64_t hi, T* grad_filters,
                     acc_t<T>* grad_direction) {
@@ -111,7 +113,7 @@ void edge_grad_rows(const T* grad_s, const T* grad_v, const T* x, const T* v, co
 }
 
 template <typename T>
-void node_grad_rows(const T* grad_s, const T* grad_v, const T* x, const T* v, const T* filters,
+PYGFM_HD void node_grad_rows(const T* grad_s, const T* grad_v, const T* x, const T* v, const T* filters,
                     const acc_t<T>* direction, const int64_t* receiver,
                     const int64_t* sender_ptr, const int64_t* edge_of, int64_t F, int64_t lo,
                     int64_t hi, T* grad_x, T* grad_v_in) {
@@ -134,7 +136,7 @@ void node_grad_rows(const T* grad_s, const T* grad_v, const T* x, const T* v, co
 }
 
 template <typename T>
-void update_rows(const T* s, const T* v, const T* a, const T* mix, int64_t F, int64_t lo,
+PYGFM_HD void update_rows(const T* s, const T* v, const T* a, const T* mix, int64_t F, int64_t lo,
                  int64_t hi, T* s_out, T* v_out) {
   for (int64_t n = lo; n < hi; ++n)
     kernels::painn_update_block(s + n * F, v + n * 3 * F, a + n * 3 * F, mix + n * 6 * F, F, 0,
