@@ -26,7 +26,6 @@
 namespace pygfm {
 
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kSmallPage = size_t(4) << 10;
 
 inline bool huge_pages_enabled() {
   static const bool enabled = [] {
@@ -43,12 +42,8 @@ class LargeBlockCache {
     return *cache;
   }
 
-  // Blocks of 4 MiB and more are huge-page aligned and advised; smaller ones
-  // (the torch allocator's mid-size tensors) are whole 4 KiB pages.
   void* allocate(size_t bytes) {
-    const bool huge = bytes >= 2 * kHugePage;
-    const size_t unit = huge ? kHugePage : kSmallPage;
-    const size_t rounded = (bytes + unit - 1) / unit * unit;
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto found = free_.find(rounded);
@@ -60,14 +55,14 @@ class LargeBlockCache {
         return block;
       }
     }
-    void* block = std::aligned_alloc(unit, rounded);
+    void* block = std::aligned_alloc(kHugePage, rounded);
     if (block == nullptr) {  // give the cache back to the system and retry once
       release_all();
-      block = std::aligned_alloc(unit, rounded);
+      block = std::aligned_alloc(kHugePage, rounded);
       if (block == nullptr) return nullptr;
     }
 #ifdef MADV_HUGEPAGE
-    if (huge) madvise(block, rounded, MADV_HUGEPAGE);
+    madvise(block, rounded, MADV_HUGEPAGE);
 #endif
     std::lock_guard<std::mutex> lock(mutex_);
     size_of_[block] = rounded;

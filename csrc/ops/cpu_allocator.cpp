@@ -1,5 +1,5 @@
-// A CPU allocator for torch that serves large blocks from pygfm's block cache
-// (common/large_alloc.h) and everything else from torch's own.
+// A CPU allocator for torch that serves large blocks from pygfm's huge-page
+// block cache (common/large_alloc.h) and everything else from torch's own.
 //
 // Why: on the machines we measure on, first touches of fresh 4 KiB pages cost
 // more than the work done in them. glibc hands blocks above 32 MB (and often
@@ -9,8 +9,7 @@
 // 12 ms into a reused one. With this allocator a training or inference loop
 // faults once and then reuses its blocks, as torch's GPU caching allocator does.
 //
-// Installed when the extension loads, for requests of at least 64 KiB (whole
-// 4 KiB pages below 4 MiB, 2 MiB huge pages above; reuse is by rounded size).
+// Installed when the extension loads, for requests of at least 4 MiB.
 // PYGFM_CPU_ALLOCATOR=0 keeps torch's allocator; PYGFM_CPU_CACHE_MB bounds the
 // memory kept for reuse (default 2048); PYGFM_HUGE_PAGES=0 turns both off.
 #include <c10/core/Allocator.h>
@@ -24,12 +23,6 @@
 namespace pygfm {
 namespace {
 
-// Below this, glibc's heap serves tensors without page faults; from here on it
-// mmaps them (its threshold starts at 128 KiB) and faults them in every time.
-// Measured: [566, 3, 128] FP32 elementwise products (870 KB) took 300-400 us
-// with fresh pages, about 60 us reused.
-constexpr size_t kCachedMin = size_t(64) << 10;
-
 void release_block(void* block) { LargeBlockCache::instance().release(block); }
 
 class LargeBlockAllocator final : public c10::Allocator {
@@ -37,7 +30,7 @@ class LargeBlockAllocator final : public c10::Allocator {
   explicit LargeBlockAllocator(c10::Allocator* fallback) : fallback_(fallback) {}
 
   c10::DataPtr allocate(size_t bytes) override {
-    if (bytes < kCachedMin) return fallback_->allocate(bytes);
+    if (bytes < 2 * kHugePage) return fallback_->allocate(bytes);
     void* block = LargeBlockCache::instance().allocate(bytes);
     if (block == nullptr) return fallback_->allocate(bytes);  // let torch report the OOM
     return {block, block, &release_block, c10::Device(c10::DeviceType::CPU)};
