@@ -109,6 +109,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # torch's reductions run with torch's own allocator, as they do without pygfm
+    # (import pygfm installs a caching one; pygfm's outputs use their own cache anyway)
+    pygfm.set_cpu_allocator(False)
 
     rows_list = [100_000] if args.quick else [100_000, 500_000, 2_000_000]
     feature_list = [64] if args.quick else [64, 128, 256]
