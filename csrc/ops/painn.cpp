@@ -183,20 +183,46 @@ void check_grads(const at::Tensor& grad_s, const at::Tensor& grad_v, const at::T
   check_like(grad_v, x, {d.N, 3, d.F}, "grad_v", op);
 }
 
+// The checked, contiguous arguments of both backward halves.
+struct BackwardArgs {
+  Dims d;
+  Graph g;
+  at::Tensor grad_s, grad_v, x, v, filters, direction;
+};
+
+BackwardArgs backward_args(const at::Tensor& grad_s, const at::Tensor& grad_v,
+                           const at::Tensor& x, const at::Tensor& v, const at::Tensor& filters,
+                           const at::Tensor& direction, const at::Tensor& row_ptr,
+                           const at::Tensor& receiver, const at::Tensor& sender,
+                           const at::Tensor& sender_ptr, const at::Tensor& edge_of,
+                           const char* op) {
+  const Dims d = check_features(x, v, filters, direction, op);
+  check_grads(grad_s, grad_v, x, d, op);
+  Graph g = check_graph(row_ptr, receiver, sender, sender_ptr, edge_of, x, d, op);
+  return {d,
+          std::move(g),
+          grad_s.contiguous(),
+          grad_v.contiguous(),
+          x.contiguous(),
+          v.contiguous(),
+          filters.contiguous(),
+          direction.contiguous()};
+}
+
 std::tuple<at::Tensor, at::Tensor> painn_message_backward_edge(
     const at::Tensor& grad_s_in, const at::Tensor& grad_v_in, const at::Tensor& x_in,
     const at::Tensor& v_in, const at::Tensor& filters_in, const at::Tensor& direction_in,
     const at::Tensor& row_ptr_in, const at::Tensor& receiver_in, const at::Tensor& sender_in,
     const at::Tensor& sender_ptr_in, const at::Tensor& edge_of_in) {
   const char* op = "painn_message_backward_edge";
-  const Dims d = check_features(x_in, v_in, filters_in, direction_in, op);
-  check_grads(grad_s_in, grad_v_in, x_in, d, op);
-  const Graph g =
-      check_graph(row_ptr_in, receiver_in, sender_in, sender_ptr_in, edge_of_in, x_in, d, op);
-  const at::Tensor grad_s = grad_s_in.contiguous(), grad_v = grad_v_in.contiguous(),
-                   x = x_in.contiguous(), v = v_in.contiguous(),
-                   filters = filters_in.contiguous(), direction = direction_in.contiguous(),
-                   &row_ptr = g.row_ptr, &receiver = g.receiver, &sender = g.sender;
+  const BackwardArgs args =
+      backward_args(grad_s_in, grad_v_in, x_in, v_in, filters_in, direction_in, row_ptr_in,
+                    receiver_in, sender_in, sender_ptr_in, edge_of_in, op);
+  const Dims& d = args.d;
+  const at::Tensor &grad_s = args.grad_s, &grad_v = args.grad_v, &x = args.x, &v = args.v,
+                   &filters = args.filters, &direction = args.direction,
+                   &row_ptr = args.g.row_ptr, &receiver = args.g.receiver,
+                   &sender = args.g.sender;
   at::Tensor grad_filters = empty_edges(filters, {d.E, 3 * d.F});
   at::Tensor grad_direction = geometry_empty(x, {d.E, 3});
   dispatch_floating(x.scalar_type(), op, [&](auto tag) {
@@ -229,14 +255,14 @@ std::tuple<at::Tensor, at::Tensor> painn_message_backward_node(
     const at::Tensor& row_ptr_in, const at::Tensor& receiver_in, const at::Tensor& sender_in,
     const at::Tensor& sender_ptr_in, const at::Tensor& edge_of_in) {
   const char* op = "painn_message_backward_node";
-  const Dims d = check_features(x_in, v_in, filters_in, direction_in, op);
-  check_grads(grad_s_in, grad_v_in, x_in, d, op);
-  const Graph g =
-      check_graph(row_ptr_in, receiver_in, sender_in, sender_ptr_in, edge_of_in, x_in, d, op);
-  const at::Tensor grad_s = grad_s_in.contiguous(), grad_v = grad_v_in.contiguous(),
-                   x = x_in.contiguous(), v = v_in.contiguous(),
-                   filters = filters_in.contiguous(), direction = direction_in.contiguous(),
-                   &receiver = g.receiver, &sender_ptr = g.sender_ptr, &edge_of = g.edge_of;
+  const BackwardArgs args =
+      backward_args(grad_s_in, grad_v_in, x_in, v_in, filters_in, direction_in, row_ptr_in,
+                    receiver_in, sender_in, sender_ptr_in, edge_of_in, op);
+  const Dims& d = args.d;
+  const at::Tensor &grad_s = args.grad_s, &grad_v = args.grad_v, &x = args.x, &v = args.v,
+                   &filters = args.filters, &direction = args.direction,
+                   &receiver = args.g.receiver, &sender_ptr = args.g.sender_ptr,
+                   &edge_of = args.g.edge_of;
   at::Tensor grad_x = at::empty({d.N, 3 * d.F}, x.options());
   at::Tensor grad_v_out = at::empty({d.N, 3, d.F}, x.options());
   dispatch_floating(x.scalar_type(), op, [&](auto tag) {
