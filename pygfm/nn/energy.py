@@ -75,7 +75,8 @@ class EnergyModel(nn.Module):
         reuse between calls; by default it is built here.
 
         In training mode the graph is kept, so losses on forces and stress can
-        be differentiated with respect to the weights.
+        be differentiated with respect to the weights. Stress divides by the
+        cell volume: it is not finite for a structure without a 3D cell.
         """
         positions, cell = batch.positions, batch.cell
         structure = batch.structure_index()
