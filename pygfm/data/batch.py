@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..ops.reference import segment_ids
+
 __all__ = ["AtomicBatch"]
 
 
@@ -36,10 +38,7 @@ class AtomicBatch:
 
     def structure_index(self) -> torch.Tensor:
         """[N] int64: the structure of every atom."""
-        counts = self.ptr[1:] - self.ptr[:-1]
-        return torch.repeat_interleave(
-            torch.arange(self.num_structures, device=self.ptr.device), counts,
-            output_size=self.num_atoms)
+        return segment_ids(self.ptr, self.num_atoms)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "AtomicBatch":
         """Move to ``device``; ``dtype`` changes positions and cell only."""

@@ -79,7 +79,6 @@ class EnergyModel(nn.Module):
         cell volume: it is not finite for a structure without a 3D cell.
         """
         positions, cell = batch.positions, batch.cell
-        structure = batch.structure_index()
         inputs = []
         with torch.enable_grad():
             if forces:
@@ -90,7 +89,7 @@ class EnergyModel(nn.Module):
                 inputs.append(strain)
                 symmetric = 0.5 * (strain + strain.transpose(1, 2))
                 positions = positions + torch.einsum(
-                    "na,nab->nb", positions, symmetric[structure])
+                    "na,nab->nb", positions, symmetric[batch.structure_index()])
                 cell = cell + cell @ symmetric
             pairs = neighbors if neighbors is not None else neighbor_list(
                 positions.detach(), self.cutoff, batch.cell, batch.pbc, batch.ptr)

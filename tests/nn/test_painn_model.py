@@ -268,16 +268,24 @@ def test_periodic_images(model64, name):
 
 
 # ------------------------------------------------------- 3. batch = concatenation
-def test_batch_equals_single_structures(model64):
-    structures = [molecule(), bulk_cu(), ase.Atoms("H"), triclinic(), slab(),
-                  ase.build.molecule("H2O")]
-    batched = model64.predict(structures)
+def assert_batch_matches_singles(model, structures):
+    """predict() on the batch equals predict() on each structure alone; returns the batch's."""
+    batched = model.predict(structures)
     for index, atoms in enumerate(structures):
-        single = model64.predict([atoms])
+        single = model.predict([atoms])
         assert abs(batched["energy"][index] - single["energy"][0]) <= \
             1e-12 * abs(single["energy"][0])
         np.testing.assert_allclose(batched["forces"][index], single["forces"][0],
                                    rtol=0, atol=1e-12 * max(1, np.abs(single["forces"][0]).max()))
+    return batched
+
+
+def test_batch_equals_single_structures(model64):
+    structures = [molecule(), bulk_cu(), ase.Atoms("H"), triclinic(), slab(),
+                  ase.build.molecule("H2O")]
+    batched = assert_batch_matches_singles(model64, structures)
+    for index, atoms in enumerate(structures):
+        single = model64.predict([atoms])
         np.testing.assert_allclose(batched["stress"][index], single["stress"][0],
                                    rtol=1e-11, atol=1e-14)
 
@@ -525,13 +533,7 @@ def test_isolated_atom_in_molecule(model64):
 def test_structure_without_edges_in_a_batch(model64):
     lonely = ase.Atoms("HH", positions=[[0, 0, 0], [7.0, 0, 0]])
     structures = [molecule(), lonely, bulk_cu(), ase.Atoms("O")]
-    batched = model64.predict(structures)
-    for index, atoms in enumerate(structures):
-        single = model64.predict([atoms])
-        assert abs(batched["energy"][index] - single["energy"][0]) <= \
-            1e-12 * abs(single["energy"][0])
-        np.testing.assert_allclose(batched["forces"][index], single["forces"][0],
-                                   rtol=0, atol=1e-12)
+    batched = assert_batch_matches_singles(model64, structures)
     assert (batched["forces"][1] == 0).all() and (batched["forces"][3] == 0).all()
 
 

@@ -52,3 +52,37 @@ def test_huge_pages_can_be_turned_off():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip()) != 0  # plain malloc: not 2 MiB aligned
+
+
+def test_torch_allocator_switch_serves_large_tensors_from_the_cache():
+    import pygfm
+
+    was_on = pygfm.set_cpu_allocator(True)
+    try:
+        assert pygfm.cpu_allocator_active()
+        # 22 MiB once rounded, a size no other test uses: the cache has no other
+        # free block of it, so a freed block must come back
+        numel = 5_555_555
+        first = torch.ones(numel)  # from the block cache: 2 MiB aligned
+        address = first.data_ptr()
+        assert address % (2 << 20) == 0
+        del first
+        again = torch.full((numel,), 2.0)
+        assert again.data_ptr() == address and bool((again == 2.0).all())
+        assert pygfm.set_cpu_allocator(False) is True
+        assert not pygfm.cpu_allocator_active()
+        plain = torch.ones(numel)
+        assert plain.data_ptr() != address  # the cached block is still held by `again`
+        del again  # freed through the cache's deleter although the switch is off
+        small = torch.ones(10)
+        assert float(small.sum()) == 10.0
+    finally:
+        pygfm.set_cpu_allocator(was_on)
+
+
+def test_torch_allocator_off_by_environment():
+    code = "import pygfm; print(pygfm.cpu_allocator_active())"
+    env = dict(os.environ, PYGFM_CPU_ALLOCATOR="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd="/")
+    assert out.stdout.strip() == "False"
