@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates ./.venv with PyTorch (CPU build), builds pygfm against it and installs it.
-#   scripts/bootstrap.sh          the package and what the demo needs
+#   scripts/bootstrap.sh          the package and what it needs (requirements.txt)
 #   scripts/bootstrap.sh --test   also what the tests need (requirements-test.txt, and
 #                                 schnetpack without its torch-replacing pins)
 # Environment: PYTHON (default python3), PYGFM_TORCH (default 2.13.0, the CPU build
@@ -19,7 +19,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 echo "==> installing torch==$torch_version and the build tools"
-"${pip[@]}" install "torch==$torch_version" numpy scikit-build-core pybind11 cmake ninja "${extras[@]}"
+"${pip[@]}" install "torch==$torch_version" numpy scikit-build-core pybind11 cmake ninja \
+  -r requirements.txt "${extras[@]}"
 echo "==> building pygfm against $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
 # --no-build-isolation: the extension must be compiled against the torch it runs with.
 "${pip[@]}" install --no-build-isolation --no-deps .
