@@ -30,6 +30,9 @@ class AtomicBatch:
     energy [B] eV, forces [N, 3] eV/Å, stress [B, 3, 3] eV/Å³ (ASE sign), each
     with a mask [B] bool that is False where the structure lacks that label
     (the value is zero there).
+    neighbors: a :class:`~pygfm.ops.NeighborList` of this batch at
+    ``neighbor_cutoff`` Å, when a loader built one (models reuse it when their
+    cutoff is not larger).
     """
 
     positions: torch.Tensor
@@ -45,6 +48,8 @@ class AtomicBatch:
     forces_mask: torch.Tensor | None = None
     stress: torch.Tensor | None = None
     stress_mask: torch.Tensor | None = None
+    neighbors: tuple | None = None
+    neighbor_cutoff: float | None = None
 
     @property
     def num_structures(self) -> int:
@@ -62,18 +67,23 @@ class AtomicBatch:
            non_blocking: bool = False) -> "AtomicBatch":
         """Move to ``device``; ``dtype`` changes the float fields (geometry and
         labels) only."""
-        moved = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if value is not None:
-                cast = dtype if item.name in _FLOAT_FIELDS else None
-                moved[item.name] = value.to(device=device, dtype=cast, non_blocking=non_blocking)
-        return replace(self, **moved)
+        return self._map(lambda name, value: value.to(
+            device=device, dtype=dtype if name in _FLOAT_FIELDS else None,
+            non_blocking=non_blocking))
 
     def pin_memory(self) -> "AtomicBatch":
         """Page-locked copies of every tensor (for asynchronous copies to a GPU)."""
-        return replace(self, **{item.name: getattr(self, item.name).pin_memory()
-                                for item in fields(self) if getattr(self, item.name) is not None})
+        return self._map(lambda name, value: value.pin_memory())
+
+    def _map(self, function) -> "AtomicBatch":
+        changed = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, torch.Tensor):
+                changed[item.name] = function(item.name, value)
+            elif item.name == "neighbors" and value is not None:
+                changed[item.name] = type(value)(*(function(item.name, t) for t in value))
+        return replace(self, **changed)
 
     def to_ase(self, dataset_names: Sequence[str] | None = None) -> list:
         """One ``ase.Atoms`` per structure, labels attached as a SinglePointCalculator

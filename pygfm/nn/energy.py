@@ -72,7 +72,8 @@ class EnergyModel(nn.Module):
 
         ``neighbors``: a list from :func:`pygfm.ops.neighbor_list` for this
         batch at this model's cutoff (or larger: longer pairs add nothing), to
-        reuse between calls; by default it is built here.
+        reuse between calls; by default ``batch.neighbors`` when its cutoff is
+        large enough, else it is built here.
 
         In training mode the graph is kept, so losses on forces and stress can
         be differentiated with respect to the weights. Stress divides by the
@@ -91,6 +92,9 @@ class EnergyModel(nn.Module):
                 positions = positions + torch.einsum(
                     "na,nab->nb", positions, symmetric[batch.structure_index()])
                 cell = cell + cell @ symmetric
+            if neighbors is None and batch.neighbors is not None \
+                    and batch.neighbor_cutoff is not None and batch.neighbor_cutoff >= self.cutoff:
+                neighbors = batch.neighbors
             pairs = neighbors if neighbors is not None else neighbor_list(
                 positions.detach(), self.cutoff, batch.cell, batch.pbc, batch.ptr)
             vectors, _ = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell,
