@@ -107,6 +107,9 @@ class SampleBlock:
     def sample(self, k: int) -> Sample:
         """Sample k of this block (a copy)."""
         a = self.arrays
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"sample {k} of a block of {len(self)}")
+        k %= len(self)
         start = int(a["atom_offset"][k])
         atoms = slice(start, start + int(a["atom_count"][k]))
         return Sample(

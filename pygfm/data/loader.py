@@ -30,6 +30,8 @@ def _take(source, indices: np.ndarray) -> SampleBlock:
 def _atom_counts(source) -> np.ndarray:
     if isinstance(source, SampleBlock):
         return source.arrays["atom_count"]
+    if hasattr(source, "atom_counts"):  # DistributedStore
+        return np.asarray(source.atom_counts)
     return np.asarray(source.num_atoms)
 
 
