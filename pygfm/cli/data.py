@@ -42,7 +42,9 @@ def _structures(inputs, args, rank: int, size: int):
                                           stress_key=args.stress_key)
                 position += 1
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(str(error)) from error
+            # str() of a KeyError is its message in quotes
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise ValueError(str(message)) from error
         except Exception as error:  # a reader's own error: say which file
             raise ValueError(f"{path}: cannot read structures ({type(error).__name__}: "
                              f"{error})") from error
@@ -217,7 +219,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"pygfm-data {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -53,26 +53,27 @@ class DatasetError(ValueError):
 
 
 def normalize_fidelity(fidelity) -> dict:
-    """``"PBE/def2-SVP (pyscf)"`` or a dict with code, method, basis -> a dict with
-    keys code, method, basis, text (all strings or None)."""
+    """``"PBE/def2-SVP (pyscf)"`` or a dict with code, code_version, method, basis ->
+    a dict with keys code, code_version, method, basis, text (strings or None)."""
     if isinstance(fidelity, str):
         if not fidelity.strip():
             raise ValueError("fidelity: an empty description")
-        return {"code": None, "method": None, "basis": None, "text": fidelity.strip()}
+        return {"code": None, "code_version": None, "method": None, "basis": None,
+                "text": fidelity.strip()}
     if isinstance(fidelity, dict):
         unknown = set(fidelity) - {"code", "code_version", "method", "basis", "text"}
         if unknown:
             raise ValueError(f"fidelity: unknown keys {sorted(unknown)}")
         out = {key: (None if fidelity.get(key) is None else str(fidelity[key]))
                for key in ("code", "code_version", "method", "basis", "text")}
+        if not (out["code"] or out["method"] or out["text"]):
+            raise ValueError("fidelity: give at least one of code, method, text")
         if out["text"] is None:
             parts = [p for p in (out["method"], out["basis"]) if p]
             text = "/".join(parts)
             if out["code"]:
                 code = out["code"] + (f" {out['code_version']}" if out["code_version"] else "")
                 text = f"{text} ({code})" if text else code
-            if not text:
-                raise ValueError("fidelity: give at least one of code, method, text")
             out["text"] = text
         return out
     raise TypeError(f"fidelity: expected a string or a dict, got {type(fidelity).__name__}")
@@ -173,13 +174,16 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
     if error is not None:
         raise error
     tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
-    if comm is not None:
-        tmp = comm.bcast(tmp)
     if rank == 0:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    if comm is not None:
-        comm.Barrier()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        except OSError as caught:
+            error = caught
+    if comm is not None:  # also waits for rank 0 to have made tmp, or tells of its failure
+        tmp, error = comm.bcast((tmp, error))
+    if error is not None:
+        raise error
 
     base_attributes = {
         "format": FORMAT_NAME, "format_version": np.array([FORMAT_VERSION], dtype=np.int64),
@@ -209,16 +213,26 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
             manifest = _manifest(all_entries, name, description, fidelity)
             write_json_atomic(tmp / MANIFEST, manifest)
             _publish(tmp, target, overwrite)
-        except BaseException:
+        except BaseException as caught:  # noqa: BLE001 - re-raised below
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        dataset = AtomicDataset(target)
-        if statistics and len(dataset):
-            from .statistics import compute_statistics
-            write_json_atomic(target / STATISTICS, compute_statistics(dataset))
-        result = AtomicDataset(target)
+            failure = caught
+        else:
+            try:
+                dataset = AtomicDataset(target)
+                if statistics and len(dataset):
+                    from .statistics import compute_statistics
+                    write_json_atomic(target / STATISTICS, compute_statistics(dataset))
+                result = AtomicDataset(target)
+            except BaseException as caught:  # noqa: BLE001 - re-raised below
+                failure = caught
     if comm is not None:
-        comm.Barrier()
+        # the other ranks wait here for rank 0 and learn whether it failed (raising
+        # on rank 0 alone would leave them waiting forever)
+        message = comm.bcast(None if failure is None else f"rank 0: {failure}")
+        if message is not None and failure is None:
+            raise RuntimeError(f"write_dataset: another rank failed: {message}")
+    if failure is not None:
+        raise failure
     return result
 
 
@@ -437,7 +451,13 @@ class AtomicDataset(Sequence):
         if isinstance(key, slice):
             return self._view(np.arange(len(self))[key])
         if isinstance(key, (list, tuple, np.ndarray)):
-            positions = np.asarray(key, dtype=np.int64).reshape(-1)
+            key = np.asarray(key)
+            if key.dtype == bool:
+                if key.shape != (len(self),):
+                    raise IndexError(f"{self.name}: a boolean mask of shape {key.shape} for "
+                                     f"{len(self)} samples")
+                key = np.flatnonzero(key)
+            positions = key.astype(np.int64).reshape(-1)
             if positions.size and (positions.min() < -len(self) or positions.max() >= len(self)):
                 raise IndexError(f"{self.name}: indices out of range for {len(self)} samples")
             return self._view(positions % max(len(self), 1))
@@ -476,7 +496,9 @@ class AtomicDataset(Sequence):
     def take(self, positions) -> SampleBlock:
         """Samples at ``positions`` (of this dataset or view) as one block, in order."""
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        return self._read_global(self._global(positions))
+        if positions.size and (positions.min() < -len(self) or positions.max() >= len(self)):
+            raise IndexError(f"{self.name}: indices out of range for {len(self)} samples")
+        return self._read_global(self._global(positions % max(len(self), 1)))
 
     def _read_global(self, ids: np.ndarray) -> SampleBlock:
         ids = np.asarray(ids, dtype=np.int64)

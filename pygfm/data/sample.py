@@ -50,11 +50,12 @@ def labels_from_ase(atoms, *, energy_key: str | None = None, forces_key: str | N
     Taken from the attached calculator's results first, then from ``atoms.info`` /
     ``atoms.arrays`` under the usual names (``energy``, ``REF_energy``, ...; a
     ``virial`` V becomes stress -V / volume). An explicit ``*_key`` is looked up
-    in info/arrays only and must exist.
+    in info/arrays only and must exist; the labels without one still come from the
+    calculator first (ase.io puts an extxyz's ``forces`` column there).
     """
     results: dict[str, Any] = {}
     calc = getattr(atoms, "calc", None)
-    if calc is not None and energy_key is None and forces_key is None and stress_key is None:
+    if calc is not None:
         results = dict(getattr(calc, "results", {}) or {})
 
     def lookup(explicit, names, store, label):
@@ -68,13 +69,15 @@ def labels_from_ase(atoms, *, energy_key: str | None = None, forces_key: str | N
                 return store[name]
         return None
 
-    energy = results.get("energy", results.get("free_energy"))
+    # an explicit key overrides the calculator for its label only
+    energy = None if energy_key is not None else results.get("energy",
+                                                             results.get("free_energy"))
     if energy is None:
         energy = lookup(energy_key, ENERGY_KEYS, atoms.info, "energy")
-    forces = results.get("forces")
+    forces = None if forces_key is not None else results.get("forces")
     if forces is None:
         forces = lookup(forces_key, FORCES_KEYS, atoms.arrays, "forces")
-    stress = results.get("stress")
+    stress = None if stress_key is not None else results.get("stress")
     if stress is None:
         stress = lookup(stress_key, STRESS_KEYS, atoms.info, "stress")
     if stress is None and stress_key is None:

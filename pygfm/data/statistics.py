@@ -43,7 +43,7 @@ def reference_energies(normal_matrix: np.ndarray, moment: np.ndarray,
 
     Returns ([119] e_ref with zeros for absent elements, rank of the fit).
     Where compositions cannot tell elements apart (e.g. only H2O), the fit has
-    a lower rank and the minimum-norm solution is taken.
+    a lower rank and the minimum-norm solution (in eV) is taken.
     """
     columns = np.flatnonzero(present)
     reference = np.zeros(MAX_ATOMIC_NUMBER + 1)
@@ -53,10 +53,17 @@ def reference_energies(normal_matrix: np.ndarray, moment: np.ndarray,
     # scale columns so that the rank test compares like with like
     norm = np.sqrt(np.diag(normal))
     scaled = normal / np.outer(norm, norm)
-    inverse = np.linalg.pinv(scaled, rcond=1e-10, hermitian=True)
-    reference[columns] = (inverse @ (moment[columns] / norm)) / norm
-    rank = int(np.linalg.matrix_rank(scaled, tol=1e-10 * np.abs(scaled).max(), hermitian=True))
-    return reference, rank
+    values, vectors = np.linalg.eigh(scaled)
+    keep = values > 1e-10 * max(values.max(), 0.0)
+    solution = vectors[:, keep] @ ((vectors[:, keep].T @ (moment[columns] / norm))
+                                   / values[keep]) / norm
+    # the scaled pseudo-inverse is minimum-norm in scaled units; remove the part of the
+    # solution along the null space of AᵀA so that it is minimum-norm in eV
+    null = vectors[:, ~keep] / norm[:, None]
+    if null.shape[1]:
+        solution -= null @ np.linalg.lstsq(null, solution, rcond=None)[0]
+    reference[columns] = solution
+    return reference, int(keep.sum())
 
 
 def compute_statistics(source, chunk: int = 8192) -> dict:
