@@ -586,3 +586,23 @@ def test_module_docs_and_atoms_type(tmp_path):
     assert isinstance(first, Atoms)
     assert set(hydragnn.DEFAULT_KEYS) == {"numbers", "positions", "cell", "pbc", "energy",
                                           "energy_per_atom", "forces", "stress", "charge_spin"}
+
+
+# --------------------------------------------------------------------------
+# conversion to a pygfm dataset (`pygfm-data convert` on a HydraGNN file)
+
+
+def test_convert_cli_reads_hydragnn_files(tmp_path):
+    from pygfm.cli.data import main
+    from pygfm.data import open_dataset
+
+    path, expected = make_dataset(tmp_path)
+    out = tmp_path / "converted"
+    code = main(["convert", str(path), "--dataset", "omat24", "--fidelity", "PBE (VASP)",
+                 "-o", str(out), "--hydragnn-splits", "trainset,testset", "--quiet"])
+    assert code == 0
+    dataset = open_dataset(out)
+    pairs = expected["trainset"] + expected["testset"]
+    assert len(dataset) == len(pairs) and dataset.labels == ["energy", "forces"]
+    for k, (atoms, labels) in enumerate(pairs):
+        assert_same(dataset[k].to_ase(), atoms, labels)
