@@ -24,6 +24,7 @@ import numpy as np
 def _structures(inputs, args, rank: int, size: int):
     """This rank's share of the input structures as Samples, input order."""
     from pygfm.data import Sample, is_hydragnn_file, read_hydragnn
+    from pygfm.data.ase_input import iread_structures
 
     position = 0
     for path in inputs:
@@ -31,8 +32,7 @@ def _structures(inputs, args, rank: int, size: int):
             splits = args.hydragnn_splits.split(",") if args.hydragnn_splits else None
             source = read_hydragnn(path, splits=splits)
         else:
-            import ase.io
-            source = ase.io.iread(str(path), index=args.index, format=args.format)
+            source = iread_structures(path, index=args.index, format=args.format)
         try:
             for number, atoms in enumerate(source):
                 if position % size == rank:
