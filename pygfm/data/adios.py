@@ -150,8 +150,7 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
 
     ``samples`` is this rank's share when ``comm`` (an mpi4py communicator) is
     given: every rank passes the items whose input position k satisfies
-    ``k % size == rank`` (see :func:`pygfm.data.convert.rank_share`), and the
-    dataset's order is the input order. ``shard_size`` bounds the samples held in
+    ``k % size == rank`` (checked), and the dataset's order is the input order. ``shard_size`` bounds the samples held in
     memory and per shard. ``label_keys`` (energy_key, forces_key, stress_key)
     say where to find labels in ``Atoms.info``/``arrays``.
 
@@ -210,6 +209,7 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
     result = None
     if rank == 0:
         try:
+            _check_round_robin(all_entries, size)
             manifest = _manifest(all_entries, name, description, fidelity)
             write_json_atomic(tmp / MANIFEST, manifest)
             _publish(tmp, target, overwrite)
@@ -234,6 +234,19 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
     if failure is not None:
         raise failure
     return result
+
+
+def _check_round_robin(entries, size: int) -> None:
+    """Sample ids are r, r+P, r+2P, ... on rank r; they are 0..S-1 only if every rank
+    got its round-robin share of the input."""
+    per_rank = [0] * size
+    for entry in entries:
+        per_rank[int(entry["path"].split("-")[1][1:])] += entry["num_samples"]
+    total = sum(per_rank)
+    if any(count != len(range(r, total, size)) for r, count in enumerate(per_rank)):
+        raise ValueError(f"write_dataset: the ranks wrote {per_rank} samples; each rank r "
+                         f"must pass input items r, r+{size}, r+{2 * size}, ... so that the "
+                         "dataset keeps the input order")
 
 
 def _write_rank_shards(tmp, samples, name, rank, size, shard_size, attributes, progress,
@@ -316,41 +329,61 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
         os.rename(tmp, target)
 
 
-def _read_shard_arrays(path: Path, names=None, start: int = 0, stop: int | None = None,
-                       where: str | None = None) -> dict[str, np.ndarray]:
-    """Read a shard's arrays (all, or ``names``); with start/stop, only samples
-    start..stop-1 and their atoms (atom_offset then relative to the first)."""
+def _read_shard_ranges(path: Path, ranges, names=None, where: str | None = None,
+                       index: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+    """Read samples start..stop-1 of a shard for each (start, stop) in ``ranges``
+    (stop None: to the end), with one open of the file: a dict of arrays (all, or
+    ``names``) per range, atom_offset relative to the range's first atom.
+    ``index``: the shard's (atom_offset, atom_count) if already known."""
     adios2 = _adios()
     where = where or str(path)
     try:
         with adios2.FileReader(str(path)) as reader:
             available = reader.available_variables()
-            wanted = list(available) if names is None else [n for n in names if n in available]
-            counts = reader.read("atom_count").astype(np.int64)
-            offsets = reader.read("atom_offset").astype(np.int64)
-            stop = len(counts) if stop is None else stop
-            out = {}
-            if stop <= start:
-                return {"atom_count": counts[:0], "atom_offset": offsets[:0]}
-            first_atom = int(offsets[start])
-            last_atom = int(offsets[stop - 1] + counts[stop - 1])
-            for name in wanted:
-                if name in ("atom_count", "atom_offset"):
+            wanted = [n for n in (available if names is None else names)
+                      if n in available and n not in ("atom_count", "atom_offset")]
+            if index is None:
+                offsets = reader.read("atom_offset").astype(np.int64)
+                counts = reader.read("atom_count").astype(np.int64)
+            else:
+                offsets, counts = index
+            results = []
+            for start, stop in ranges:
+                stop = len(counts) if stop is None else stop
+                if stop <= start:
+                    results.append({"atom_count": counts[:0], "atom_offset": offsets[:0]})
                     continue
-                shape = [int(x) for x in available[name]["Shape"].split(",")]
-                lo, hi = (first_atom, last_atom) if name in PER_ATOM else (start, stop)
-                if hi > shape[0]:
-                    raise DatasetError(f"{where}: {name!r} has {shape[0]} rows; samples need "
-                                       f"{hi} (corrupt shard)")
-                out[name] = reader.read(name, [lo] + [0] * (len(shape) - 1),
-                                        [hi - lo] + shape[1:])
-            out["atom_count"] = counts[start:stop]
-            out["atom_offset"] = offsets[start:stop] - first_atom
-            return out
+                first_atom = int(offsets[start])
+                last_atom = int(offsets[stop - 1] + counts[stop - 1])
+                out = {}
+                for name in wanted:
+                    shape = [int(x) for x in available[name]["Shape"].split(",")]
+                    lo, hi = (first_atom, last_atom) if name in PER_ATOM else (start, stop)
+                    if hi > shape[0]:
+                        raise DatasetError(f"{where}: {name!r} has {shape[0]} rows; samples "
+                                           f"need {hi} (corrupt shard)")
+                    out[name] = reader.read(name, [lo] + [0] * (len(shape) - 1),
+                                            [hi - lo] + shape[1:])
+                out["atom_count"] = counts[start:stop]
+                out["atom_offset"] = offsets[start:stop] - first_atom
+                results.append(out)
+            return results
     except DatasetError:
         raise
     except (RuntimeError, ValueError, KeyError) as error:
         raise DatasetError(f"{where}: cannot read the shard ({_adios_message(error)})") from error
+
+
+def _read_shard_arrays(path: Path, names=None, start: int = 0, stop: int | None = None,
+                       where: str | None = None) -> dict[str, np.ndarray]:
+    """Read a shard's arrays (all, or ``names``); with start/stop, only samples
+    start..stop-1 and their atoms (atom_offset then relative to the first)."""
+    return _read_shard_ranges(path, [(start, stop)], names, where)[0]
+
+
+# Samples of one shard closer than this are read in one selection; farther apart, in
+# separate ones (a random batch from a big shard must not read the whole shard).
+_RUN_GAP = 64
 
 
 class AtomicDataset(Sequence):
@@ -411,6 +444,7 @@ class AtomicDataset(Sequence):
 
     def _index_samples(self) -> None:
         shard_of, local_of, ids_all, counts_all = [], [], [], []
+        self._shard_index: list[tuple[np.ndarray, np.ndarray]] = []
         for number, (entry, shard) in enumerate(zip(self.manifest["shards"], self._shards)):
             arrays = _read_shard_arrays(shard, names=("sample_id",), where=str(shard))
             ids = arrays["sample_id"].astype(np.int64)
@@ -420,6 +454,7 @@ class AtomicDataset(Sequence):
             if int(arrays["atom_count"].sum()) != entry["num_atoms"]:
                 raise DatasetError(f"{shard}: {int(arrays['atom_count'].sum())} atoms, the "
                                    f"manifest says {entry['num_atoms']}")
+            self._shard_index.append((arrays["atom_offset"], arrays["atom_count"]))
             shard_of.append(np.full(len(ids), number, dtype=np.int32))
             local_of.append(np.arange(len(ids), dtype=np.int64))
             ids_all.append(ids)
@@ -510,9 +545,7 @@ class AtomicDataset(Sequence):
             if parts is not None:
                 block = parts[shard].select(local)
             else:
-                lo, hi = int(local.min()), int(local.max()) + 1
-                arrays = _read_shard_arrays(self._shards[shard], start=lo, stop=hi)
-                block = SampleBlock(arrays, self.name).select(local - lo)
+                block = self._read_from_shard(int(shard), local)
             blocks.append(block)
             slots.append(mine)
         if not blocks:
@@ -524,6 +557,20 @@ class AtomicDataset(Sequence):
             order, np.arange(len(ids))) else joined
         result.arrays["sample_id"] = ids.copy()
         return result
+
+    def _read_from_shard(self, shard: int, local: np.ndarray) -> SampleBlock:
+        """Samples ``local`` (positions in the shard, any order) read in runs."""
+        wanted = np.unique(local)
+        breaks = np.flatnonzero(np.diff(wanted) > _RUN_GAP) + 1
+        run_first = wanted[np.concatenate(([0], breaks))]
+        run_last = wanted[np.concatenate((breaks - 1, [len(wanted) - 1]))]
+        parts = _read_shard_ranges(self._shards[shard], list(zip(run_first, run_last + 1)),
+                                   index=self._shard_index[shard])
+        blocks = [SampleBlock(arrays, self.name) for arrays in parts]
+        joined = SampleBlock.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+        run_offset = np.concatenate(([0], np.cumsum(run_last - run_first + 1)[:-1]))
+        run = np.searchsorted(run_first, local, side="right") - 1
+        return joined.select(run_offset[run] + local - run_first[run])
 
     def load(self) -> "AtomicDataset":
         """Read every shard into memory (checked); later reads come from memory."""

@@ -157,6 +157,51 @@ def test_views_index_the_whole_dataset(dataset7, key):
     assert view.name == "mixed" and view.fidelity == dataset7.fidelity
 
 
+def test_scattered_reads_from_one_big_shard(written, monkeypatch):
+    """Samples far apart in a shard are read as separate runs, not one big span."""
+    path, n = written[100_000]
+    _, expected = structures(n)
+    dataset = open_dataset(path)
+    spans = []
+    real = adios._read_shard_ranges
+
+    def spy(shard, ranges, *args, **kwargs):
+        spans.extend(ranges)
+        return real(shard, ranges, *args, **kwargs)
+
+    monkeypatch.setattr(adios, "_read_shard_ranges", spy)
+    monkeypatch.setattr(adios, "_RUN_GAP", 4)
+    positions = [n - 1, 0, 50, 1, n - 2, 0, 52]
+    block = dataset.take(positions)
+    assert sorted((int(a), int(b)) for a, b in spans) == [(0, 2), (50, 53), (n - 2, n)]
+    for k, p in enumerate(positions):
+        assert_same_sample(block.sample(k), expected[p], index=p)
+
+
+def test_ranks_must_pass_their_round_robin_share(tmp_path):
+    """Under MPI the ids are r, r+P, ...: a rank with the wrong share is refused."""
+    class FakeComm:  # rank 0 of 2, as if rank 1 wrote nothing
+        def Get_rank(self):
+            return 0
+
+        def Get_size(self):
+            return 2
+
+        def bcast(self, value):
+            return value
+
+        def allgather(self, value):
+            return [value, None]
+
+        def gather(self, value):
+            return [value, []]
+
+    atoms, _ = structures(6)
+    with pytest.raises(ValueError, match="must pass input items r, r\\+2"):
+        write_dataset(tmp_path / "d", atoms, name="d", fidelity="EMT", comm=FakeComm())
+    assert only_dirs(tmp_path) == []
+
+
 def test_boolean_mask_selects_samples(dataset7):
     mask = np.zeros(NUM, dtype=bool)
     mask[[3, 40, 41]] = True
