@@ -381,9 +381,11 @@ def _read_shard_arrays(path: Path, names=None, start: int = 0, stop: int | None 
     return _read_shard_ranges(path, [(start, stop)], names, where)[0]
 
 
-# Samples of one shard closer than this are read in one selection; farther apart, in
-# separate ones (a random batch from a big shard must not read the whole shard).
-_RUN_GAP = 64
+# Samples of one shard with fewer atoms than this between them are read in one
+# selection, farther apart in separate ones: a random batch from a big shard must
+# not read the whole shard, but one read call (about 0.5 ms for all arrays) costs
+# as much as reading a few tens of thousands of atoms (about 56 bytes each).
+_RUN_GAP_ATOMS = 32768
 
 
 class AtomicDataset(Sequence):
@@ -561,7 +563,9 @@ class AtomicDataset(Sequence):
     def _read_from_shard(self, shard: int, local: np.ndarray) -> SampleBlock:
         """Samples ``local`` (positions in the shard, any order) read in runs."""
         wanted = np.unique(local)
-        breaks = np.flatnonzero(np.diff(wanted) > _RUN_GAP) + 1
+        offsets, counts = self._shard_index[shard]
+        gap_atoms = offsets[wanted[1:]] - (offsets[wanted[:-1]] + counts[wanted[:-1]])
+        breaks = np.flatnonzero(gap_atoms > _RUN_GAP_ATOMS) + 1
         run_first = wanted[np.concatenate(([0], breaks))]
         run_last = wanted[np.concatenate((breaks - 1, [len(wanted) - 1]))]
         parts = _read_shard_ranges(self._shards[shard], list(zip(run_first, run_last + 1)),

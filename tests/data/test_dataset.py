@@ -170,10 +170,11 @@ def test_scattered_reads_from_one_big_shard(written, monkeypatch):
         return real(shard, ranges, *args, **kwargs)
 
     monkeypatch.setattr(adios, "_read_shard_ranges", spy)
-    monkeypatch.setattr(adios, "_RUN_GAP", 4)
+    monkeypatch.setattr(adios, "_RUN_GAP_ATOMS", 0)  # only adjacent samples share a read
     positions = [n - 1, 0, 50, 1, n - 2, 0, 52]
     block = dataset.take(positions)
-    assert sorted((int(a), int(b)) for a, b in spans) == [(0, 2), (50, 53), (n - 2, n)]
+    assert sorted((int(a), int(b)) for a, b in spans) == [(0, 2), (50, 51), (52, 53),
+                                                          (n - 2, n)]
     for k, p in enumerate(positions):
         assert_same_sample(block.sample(k), expected[p], index=p)
 
