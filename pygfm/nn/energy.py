@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..data import AtomicBatch
-from ..ops import NeighborList, edge_vectors, message_graph, neighbor_list, segment_sum
+from ..ops import NeighborList, segment_sum
+from .conservative import conservative
 from .mlp import MLP
 from .painn import PaiNN
 
@@ -79,27 +80,7 @@ class EnergyModel(nn.Module):
         be differentiated with respect to the weights. Stress divides by the
         cell volume: it is not finite for a structure without a 3D cell.
         """
-        positions, cell = batch.positions, batch.cell
-        inputs = []
-        with torch.enable_grad():
-            if forces:
-                positions = positions.detach().requires_grad_(True)
-                inputs.append(positions)
-            if stress:
-                strain = torch.zeros_like(cell, requires_grad=True)
-                inputs.append(strain)
-                symmetric = 0.5 * (strain + strain.transpose(1, 2))
-                positions = positions + torch.einsum(
-                    "na,nab->nb", positions, symmetric[batch.structure_index()])
-                cell = cell + cell @ symmetric
-            if neighbors is None and batch.neighbors is not None \
-                    and batch.neighbor_cutoff is not None and batch.neighbor_cutoff >= self.cutoff:
-                neighbors = batch.neighbors
-            pairs = neighbors if neighbors is not None else neighbor_list(
-                positions.detach(), self.cutoff, batch.cell, batch.pbc, batch.ptr)
-            vectors, _ = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell,
-                                      batch.ptr)
-            graph = message_graph(pairs.edge_index, batch.num_atoms)
+        def energy_of(vectors, graph):
             s, _ = self.representation(batch.numbers, vectors, graph)
             atomic = self.head(s).squeeze(-1).to(self.scale.dtype) * self.scale
             offsets = segment_sum(self.shift + self.atom_energies[batch.numbers], batch.ptr)
@@ -107,16 +88,10 @@ class EnergyModel(nn.Module):
             counts = (batch.ptr[1:] - batch.ptr[:-1]).clamp(min=1)
             if self.aggregation == "mean":
                 energy = energy / counts
-            energy = energy + (offsets if self.extensive_offsets else offsets / counts)
-            result = {"energy": energy}
-            if inputs:
-                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=self.training)
-                if forces:
-                    result["forces"] = -grads[0]
-                if stress:
-                    volume = torch.linalg.det(batch.cell).abs()
-                    result["stress"] = grads[-1] / volume[:, None, None]
-        return result
+            return energy + (offsets if self.extensive_offsets else offsets / counts)
+
+        return conservative(batch, self.cutoff, energy_of, forces=forces, stress=stress,
+                            neighbors=neighbors, create_graph=self.training)
 
     @torch.no_grad()
     def predict(self, atoms_list: Sequence, max_atoms: int = 4096) -> dict:

@@ -1,0 +1,71 @@
+"""Energies with forces and stress by autograd, for any model that maps a batch's
+edge vectors to energies: the geometry and differentiation every pygfm energy
+model shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..data import AtomicBatch
+from ..ops import MessageGraph, NeighborList, edge_vectors, message_graph, neighbor_list
+
+__all__ = ["conservative"]
+
+
+def conservative(batch: AtomicBatch, cutoff: float,
+                 energy_fn: Callable[[torch.Tensor, MessageGraph], torch.Tensor], *,
+                 forces: bool = True, stress: bool = False,
+                 neighbors: NeighborList | None = None, create_graph: bool = False) -> dict:
+    """Run ``energy_fn(vectors [E, 3], graph) -> energy`` ([B] or [B, H], eV) on the
+    batch's pairs within ``cutoff`` and differentiate it.
+
+    Returns ``{"energy", "forces", "stress"}`` as asked: forces -dE/dx [N, 3]
+    (eV/Å; [H, N, 3] for a [B, H] energy) and stress (1/V) dE/d(strain)
+    [B, 3, 3] (eV/Å³, ASE's sign; [H, B, 3, 3]). ``neighbors`` defaults to
+    ``batch.neighbors`` when its cutoff is large enough, else a list is built.
+    ``create_graph`` keeps the graph so a loss on forces/stress can be
+    differentiated with respect to the weights.
+    """
+    positions, cell = batch.positions, batch.cell
+    inputs = []
+    with torch.enable_grad():
+        if forces:
+            positions = positions.detach().requires_grad_(True)
+            inputs.append(positions)
+        if stress:
+            strain = torch.zeros_like(cell, requires_grad=True)
+            inputs.append(strain)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum(
+                "na,nab->nb", positions, symmetric[batch.structure_index()])
+            cell = cell + cell @ symmetric
+        if neighbors is None and batch.neighbors is not None \
+                and batch.neighbor_cutoff is not None and batch.neighbor_cutoff >= cutoff:
+            neighbors = batch.neighbors
+        pairs = neighbors if neighbors is not None else neighbor_list(
+            positions.detach(), cutoff, batch.cell, batch.pbc, batch.ptr)
+        vectors, _ = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell, batch.ptr)
+        energy = energy_fn(vectors, message_graph(pairs.edge_index, batch.num_atoms))
+        result = {"energy": energy}
+        if not inputs:
+            return result
+        columns = [energy] if energy.dim() == 1 else list(energy.unbind(1))
+        gradients = [torch.autograd.grad(column.sum(), inputs, create_graph=create_graph,
+                                         retain_graph=create_graph or k + 1 < len(columns))
+                     for k, column in enumerate(columns)]
+        if stress:
+            volume = torch.linalg.det(batch.cell).abs()[:, None, None]
+        per_column = []
+        for grads in gradients:
+            out = {}
+            if forces:
+                out["forces"] = -grads[0]
+            if stress:
+                out["stress"] = grads[-1] / volume
+            per_column.append(out)
+        for key in per_column[0]:
+            values = [column[key] for column in per_column]
+            result[key] = values[0] if energy.dim() == 1 else torch.stack(values)
+    return result
