@@ -1,0 +1,5 @@
+"""Foundation models: a shared trunk with one head per dataset."""
+
+from .multihead import MultiHeadModel
+
+__all__ = ["MultiHeadModel"]

@@ -1,0 +1,209 @@
+"""MultiHeadModel: one PaiNN trunk, one energy head per dataset (fidelity).
+
+A head maps the trunk's scalar features to atomic energies; its dataset's
+normalization lives in the model, so every head predicts absolute energies in
+its own dataset's convention:
+
+    E_h = Σ_atoms (scale_h · head_h(s_i) + e_ref_h[Z_i])          (eV)
+
+with e_ref_h the per-element reference energies fitted on dataset h and scale_h
+its residual energy scale (``pygfm.data`` statistics). Training routes each
+structure to its own dataset's head; the atoms are grouped by head, so every
+head runs once over its own atoms (no masking of every head over every atom).
+Inference can ask for one head, several or all ([B, H] energies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..data import AtomicBatch
+from ..data.sample import MAX_ATOMIC_NUMBER
+from ..nn.conservative import conservative
+from ..nn.mlp import MLP
+from ..nn.painn import PaiNN
+from ..ops import segment_sum
+
+__all__ = ["MultiHeadModel"]
+
+
+class MultiHeadModel(nn.Module):
+    """PaiNN trunk + one MLP energy head per name in ``heads``.
+
+    normalization: ``{head: {"reference_energies": {symbol: eV}, "energy_scale":
+    eV/atom}}`` (the ``statistics.json`` of a pygfm dataset fits as is); heads
+    without an entry start at zero references and scale 1.
+    """
+
+    def __init__(self, representation: PaiNN, heads: Sequence[str], *,
+                 normalization: Mapping[str, Mapping] | None = None,
+                 head_hidden: int | None = None, activation: str = "silu"):
+        super().__init__()
+        heads = list(heads)
+        if not heads:
+            raise ValueError("heads: give at least one head name")
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"heads: names must be unique, got {heads}")
+        self.representation = representation
+        self.head_names = heads
+        features = representation.n_features
+        hidden = head_hidden or max(features // 2, 1)
+        # ModuleDict keys may not contain "."; heads are stored by position
+        self.heads = nn.ModuleList(MLP([features, hidden, 1], activation) for _ in heads)
+        self.register_buffer("reference", torch.zeros(len(heads), MAX_ATOMIC_NUMBER + 1,
+                                                      dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(len(heads), dtype=torch.float64))
+        for name, stats in (normalization or {}).items():
+            self.set_normalization(name, stats)
+
+    @property
+    def cutoff(self) -> float:
+        return self.representation.cutoff
+
+    def head_index(self, head: str) -> int:
+        try:
+            return self.head_names.index(head)
+        except ValueError:
+            raise KeyError(f"no head {head!r}; this model has {self.head_names}") from None
+
+    def set_normalization(self, head: str, statistics: Mapping) -> None:
+        """Set a head's per-element reference energies (eV) and energy scale."""
+        from ase.data import atomic_numbers
+
+        index = self.head_index(head)
+        references = statistics.get("reference_energies", {})
+        row = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.float64)
+        for symbol, value in references.items():
+            if symbol not in atomic_numbers:
+                raise ValueError(f"normalization of {head!r}: unknown element {symbol!r}")
+            row[atomic_numbers[symbol]] = float(value)
+        scale = statistics.get("energy_scale") or 1.0
+        if not scale > 0:
+            raise ValueError(f"normalization of {head!r}: energy_scale must be > 0, got {scale}")
+        with torch.no_grad():
+            self.reference[index] = row.to(self.reference.device)
+            self.scale[index] = float(scale)
+
+    def _apply(self, fn, recurse=True):
+        # normalization stays float64 whatever the weights' dtype (references are
+        # hundreds of eV; their sum must not lose the meV the heads predict)
+        reference, scale = self.reference, self.scale
+        super()._apply(fn, recurse)
+        for name, old in (("reference", reference), ("scale", scale)):
+            new = getattr(self, name)
+            setattr(self, name, old.to(device=new.device))
+        return self
+
+    def _atomic_energies(self, s: torch.Tensor, numbers: torch.Tensor,
+                         atom_head: torch.Tensor) -> torch.Tensor:
+        """[N] eV: atom i through head atom_head[i], grouped by head."""
+        out = torch.zeros(s.shape[0], dtype=self.scale.dtype, device=s.device)
+        order = torch.argsort(atom_head, stable=True)
+        counts = torch.bincount(atom_head, minlength=len(self.heads)).tolist()
+        start = 0
+        for index, count in enumerate(counts):
+            if count:
+                rows = order[start:start + count]
+                value = self.heads[index](s[rows]).squeeze(-1).to(out.dtype)
+                out = out.index_put((rows,), value * self.scale[index])
+                start += count
+        return out + self.reference[atom_head, numbers]
+
+    def forward(self, batch: AtomicBatch, heads=None, *, forces: bool = True,
+                stress: bool = False, dataset_heads: Sequence[int] | None = None,
+                neighbors=None) -> dict:
+        """Energies (eV), forces (eV/Å) and stress (eV/Å³) by autograd.
+
+        heads None: route every structure to its dataset's head, where
+        ``batch.dataset`` indexes the heads (or ``dataset_heads[d]`` gives the head of
+        dataset d): energy [B], forces [N, 3], stress [B, 3, 3].
+        heads a name or a list of names (or "all"): every structure through those
+        heads: energy [B, H], forces [H, N, 3], stress [H, B, 3, 3] (a single name
+        gives [B], [N, 3], [B, 3, 3]).
+        """
+        if heads is None:
+            if batch.dataset is None:
+                raise ValueError("forward: the batch has no dataset index to route by; "
+                                 "pass heads=...")
+            mapping = torch.as_tensor(list(range(len(self.heads))) if dataset_heads is None
+                                      else list(dataset_heads), device=batch.dataset.device)
+            if int(batch.dataset.max()) >= len(mapping) or int(batch.dataset.min()) < 0:
+                raise ValueError(f"forward: batch.dataset holds {int(batch.dataset.max())}; "
+                                 f"only {len(mapping)} heads/datasets are known")
+            structure_head = mapping[batch.dataset]
+            selected = None
+        else:
+            names = self.head_names if heads == "all" else (
+                [heads] if isinstance(heads, str) else list(heads))
+            selected = [self.head_index(name) for name in names]
+        single = isinstance(heads, str) and heads != "all"
+
+        def energy_of(vectors, graph):
+            s, _ = self.representation(batch.numbers, vectors, graph)
+            owner = batch.structure_index()
+            if selected is None:
+                atomic = self._atomic_energies(s, batch.numbers, structure_head[owner])
+                return segment_sum(atomic, batch.ptr)
+            columns = []
+            for index in selected:
+                atom_head = torch.full_like(batch.numbers, index)
+                columns.append(segment_sum(self._atomic_energies(s, batch.numbers, atom_head),
+                                           batch.ptr))
+            energy = torch.stack(columns, dim=1)
+            return energy[:, 0] if single else energy
+
+        return conservative(batch, self.cutoff, energy_of, forces=forces, stress=stress,
+                            neighbors=neighbors, create_graph=self.training)
+
+    @torch.no_grad()
+    def predict(self, atoms_list: Sequence, head: str | Sequence[str] = None,
+                max_atoms: int = 4096) -> dict:
+        """Energies, forces and (fully periodic structures) stress of ASE Atoms
+        through ``head`` (a name; default the first head) or several heads.
+
+        One head: ``{"energy": [B], "forces": list of [n_i, 3], "stress": [B, 3, 3]}``
+        (NaN stress where not periodic in 3D). Several: energy [B, H], forces a list
+        of [H, n_i, 3], stress [B, H, 3, 3]. Units eV, eV/Å, eV/Å³.
+        """
+        import numpy as np
+
+        from ..nn.energy import _chunks
+
+        heads = self.head_names[0] if head is None else head
+        several = not isinstance(heads, str)
+        count = len(self.head_names) if heads == "all" else (len(heads) if several else 1)
+        several = several or heads == "all"
+        was_training = self.training
+        self.eval()
+        parameter = next(self.parameters())
+        geometry = torch.promote_types(parameter.dtype, torch.float32)
+        energies, forces, stresses = [], [], []
+        try:
+            for chunk in _chunks(atoms_list, max_atoms):
+                batch = AtomicBatch.from_atoms(chunk, dtype=geometry, device=parameter.device)
+                periodic = batch.pbc.all(dim=1)
+                out = self.forward(batch, heads, forces=True, stress=bool(periodic.any()))
+                energy = out["energy"].detach().double().cpu().numpy()
+                energies.append(energy if several else energy[:, None])
+                sizes = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
+                f = out["forces"].detach().double().cpu()
+                f = f if several else f[None]
+                forces.extend(part.numpy() if several else part[0].numpy()
+                              for part in f.split(sizes, dim=1))
+                stress = np.full((batch.num_structures, count, 3, 3), np.nan)
+                if "stress" in out:
+                    values = out["stress"].detach().double().cpu().numpy()
+                    values = np.moveaxis(values, 0, 1) if several else values[:, None]
+                    mask = periodic.cpu().numpy()
+                    stress[mask] = values[mask]
+                stresses.append(stress)
+        finally:
+            self.train(was_training)
+        energy = np.concatenate(energies) if energies else np.zeros((0, count))
+        stress = np.concatenate(stresses) if stresses else np.zeros((0, count, 3, 3))
+        if not several:
+            energy, stress = energy[:, 0], stress[:, 0]
+        return {"energy": energy, "forces": forces, "stress": stress}
