@@ -2,14 +2,17 @@
 
 ``import pygfm`` loads the compiled ops into ``torch.ops.pygfm`` and exposes
 their checked, differentiable Python front ends in :mod:`pygfm.ops`; models
-are in :mod:`pygfm.nn`, batches of structures in :mod:`pygfm.data`.
+are in :mod:`pygfm.nn` and :mod:`pygfm.models` (``pygfm.load(checkpoint)``),
+structures and datasets in :mod:`pygfm.data`.
 """
 
 from ._extension import build_info, cpu_allocator_active, set_cpu_allocator
 from . import ops
 from . import data, nn
+from . import models
+from .models import load
 
 __version__ = build_info()["version"]
 
-__all__ = ["build_info", "cpu_allocator_active", "data", "nn", "ops", "set_cpu_allocator",
-           "__version__"]
+__all__ = ["build_info", "cpu_allocator_active", "data", "load", "models", "nn", "ops",
+           "set_cpu_allocator", "__version__"]

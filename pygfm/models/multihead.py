@@ -49,6 +49,7 @@ class MultiHeadModel(nn.Module):
             raise ValueError(f"heads: names must be unique, got {heads}")
         self.representation = representation
         self.head_names = heads
+        self.head_config = dict(head_hidden=head_hidden, activation=activation)
         features = representation.n_features
         hidden = head_hidden or max(features // 2, 1)
         # ModuleDict keys may not contain "."; heads are stored by position

@@ -76,6 +76,11 @@ class PaiNN(nn.Module):
                  shared_interactions: bool = False, shared_filters: bool = False,
                  epsilon: float = 1e-8, max_z: int = 100):
         super().__init__()
+        # the constructor's arguments, so a checkpoint can rebuild this module
+        self.config = dict(n_features=n_features, n_interactions=n_interactions,
+                           cutoff=float(cutoff), n_rbf=n_rbf, radial_basis=radial_basis,
+                           activation=activation, shared_interactions=shared_interactions,
+                           shared_filters=shared_filters, epsilon=epsilon, max_z=max_z)
         self.n_features = n_features
         self.n_interactions = n_interactions
         self.cutoff = float(cutoff)

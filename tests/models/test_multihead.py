@@ -168,3 +168,47 @@ def test_bad_arguments():
     batch = _batch(_structures()[:2], [0, 5])
     with pytest.raises(ValueError, match="heads/datasets"):
         model(batch)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_round_trip_gives_the_same_model(tmp_path):
+    import pygfm
+    from pygfm.models import load_checkpoint, save_checkpoint
+
+    stats = {"metals": {"reference_energies": {"Cu": -3.5}, "energy_scale": 0.1}}
+    model = _model(normalization=stats)
+    path = save_checkpoint(model, tmp_path / "run" / "best.pt", elements=["Cu", "H"],
+                           config={"lr": 1e-3}, extra={"step": 7})
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temporary left
+    loaded = pygfm.load(path)
+    assert loaded.head_names == HEADS and loaded.elements == ["Cu", "H"]
+    assert loaded.checkpoint_config == {"lr": 1e-3} and not loaded.training
+    assert next(loaded.parameters()).dtype == torch.float64
+    structures = _structures()
+    for head in HEADS:
+        a, b = model.predict(structures, head), loaded.predict(structures, head)
+        assert np.array_equal(a["energy"], b["energy"])
+        assert all(np.array_equal(x, y) for x, y in zip(a["forces"], b["forces"]))
+    assert load_checkpoint(path)["extra"] == {"step": 7}
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    import pygfm
+
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        pygfm.load(tmp_path / "missing.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt: not a readable checkpoint"):
+        pygfm.load(tmp_path / "garbage.pt")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a pygfm multi-head checkpoint"):
+        pygfm.load(tmp_path / "other.pt")
+    from pygfm.models import save_checkpoint
+    path = save_checkpoint(_model(), tmp_path / "ok.pt")
+    content = torch.load(path, weights_only=True)
+    content["format_version"] = 99
+    torch.save(content, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="version 99"):
+        pygfm.load(tmp_path / "future.pt")
