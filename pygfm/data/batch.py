@@ -117,8 +117,11 @@ class AtomicBatch:
     @classmethod
     def from_atoms(cls, atoms_list: Sequence, dtype: torch.dtype = torch.float64,
                    device=None) -> "AtomicBatch":
-        """Batch ASE ``Atoms`` objects (positions in Å). Fails, naming the
-        structure, on NaN/inf positions or cell, or an empty list."""
+        """Batch ASE ``Atoms`` objects (positions in Å), without labels, for
+        prediction. Fails, naming the structure, on NaN/inf positions or cell, or
+        an empty list. Unlike :func:`from_ase` (training data, via
+        :class:`~pygfm.data.Sample`) it accepts a structure with no atoms, whose
+        predicted energy is 0."""
         if len(atoms_list) == 0:
             raise ValueError("AtomicBatch.from_atoms: no structures given")
         positions, numbers, cells, pbcs, counts = [], [], [], [], [0]

@@ -8,10 +8,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from ..ops import neighbor_list
 from .batch import AtomicBatch, collate
 from .block import SampleBlock
 from .sampler import MultiDatasetSampler, balance_batch_count, budget_batches
@@ -38,8 +40,6 @@ def _atom_counts(source) -> np.ndarray:
 def edge_counts(source, cutoff: float, chunk: int = 2048) -> np.ndarray:
     """[len] int64: directed pairs within ``cutoff`` of every sample of ``source``
     (what an edge budget is measured in)."""
-    from ..ops import neighbor_list
-
     counts = []
     for start in range(0, len(source), chunk):
         positions = np.arange(start, min(start + chunk, len(source)))
@@ -146,9 +146,6 @@ class BatchLoader:
             owners.append(int(d))
         batch = collate(blocks, dataset=owners, dtype=self.dtype)
         if self.cutoff is not None:
-            from dataclasses import replace
-
-            from ..ops import neighbor_list
             pairs = neighbor_list(batch.positions, self.cutoff, batch.cell, batch.pbc, batch.ptr)
             batch = replace(batch, neighbors=pairs, neighbor_cutoff=float(self.cutoff))
         return batch

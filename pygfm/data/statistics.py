@@ -84,8 +84,9 @@ def compute_statistics(source, chunk: int = 8192) -> dict:
     per_atom_sum = per_atom_sq = 0.0
     force_sq = force_components = stress_sq = stress_components = 0.0
     atom_min, atom_max = np.inf, 0
-    blocks = list(_blocks(source, chunk)) if not hasattr(source, "read_block") else None
-    for block in blocks if blocks is not None else _blocks(source, chunk):
+    if not (hasattr(source, "read_block") or isinstance(source, SampleBlock)):
+        source = list(source)  # an iterable of blocks: kept for the second pass
+    for block in _blocks(source, chunk):
         a = block.arrays
         counts = a["atom_count"]
         samples += len(block)
@@ -117,7 +118,7 @@ def compute_statistics(source, chunk: int = 8192) -> dict:
     reference, rank = reference_energies(normal, moment, fitted)
     residual_sq = 0.0
     if with_energy:
-        for block in blocks if blocks is not None else _blocks(source, chunk):
+        for block in _blocks(source, chunk):
             a = block.arrays
             if "has_energy" not in a:
                 continue
