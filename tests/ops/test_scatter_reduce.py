@@ -137,6 +137,15 @@ def test_explicit_values(device):
     assert arg.cpu().tolist() == [[1, 1], [-1, -1], [3, 0]]
 
 
+def assert_same(name, a, b):
+    """Bitwise equal, except scatter_sum/mean on a GPU: atomics add in any
+    order there, so two calls agree only to rounding."""
+    if name in ("sum", "mean") and a.device.type != "cpu":
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    else:
+        assert torch.equal(a, b)
+
+
 # ----------------------------------------------------------------- dim_size and empty rows
 @pytest.mark.parametrize("name", SCATTER)
 def test_default_dim_size_is_index_max_plus_one(name, device):
@@ -158,7 +167,7 @@ def test_larger_dim_size_pads_with_empty_rows(name, device):
     tight = as_tuple(SCATTER[name](src, index, 12))
     padded = as_tuple(SCATTER[name](src, index, 20))
     assert padded[0].shape == (20, 3)
-    assert torch.equal(padded[0][:12], tight[0])
+    assert_same(name, padded[0][:12], tight[0])
     assert (padded[0][12:] == 0).all()
     if len(padded) == 2:
         assert torch.equal(padded[1][:12], tight[1])
@@ -198,7 +207,7 @@ def test_small_integer_index_is_accepted(name, index_dtype, device):
     got = as_tuple(SCATTER[name](src, index.to(device=device, dtype=index_dtype), 9))
     want = as_tuple(SCATTER[name](src, index.to(device), 9))
     for a, b in zip(got, want):
-        assert torch.equal(a, b)
+        assert_same(name, a, b)
 
 
 @pytest.mark.parametrize("name", SCATTER)
@@ -217,7 +226,7 @@ def test_non_contiguous_inputs(name, layout, device):
     check_scatter_op(name, src, index, 40)
     for a, b in zip(as_tuple(SCATTER[name](src, index, 40)),
                     as_tuple(SCATTER[name](src.contiguous(), index.contiguous(), 40))):
-        assert torch.equal(a, b)
+        assert_same(name, a, b)
 
 
 # ----------------------------------------------------------------- max / min semantics

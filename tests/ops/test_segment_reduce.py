@@ -220,7 +220,7 @@ def test_small_integer_ptr_is_accepted(ptr_dtype, name, device):
 def test_non_contiguous_ptr_is_accepted(device):
     gen = generator(5)
     ptr = random_ptr(20, 100, gen)
-    strided = torch.stack([ptr, torch.full_like(ptr, -1)], 1).reshape(-1)[::2].to(device)
+    strided = torch.stack([ptr, torch.full_like(ptr, -1)], 1).to(device).reshape(-1)[::2]
     assert not strided.is_contiguous() and torch.equal(strided.cpu(), ptr)
     src = random_src((100, 3), torch.float64, gen, device)
     assert torch.equal(ops.segment_sum(src, strided), ops.segment_sum(src, ptr.to(device)))
