@@ -9,7 +9,8 @@
 // scatter_sum (unsorted index): atomicAdd into an accumulation buffer (FP32 for
 // BF16), then conversion. scatter_max/min: atomic compare-and-swap extreme,
 // then an atomicMin over the rows that hold it, which picks the lowest row as
-// the CPU does, so values and argmax agree bit for bit across devices.
+// the CPU does, and the value is read from that row, so values and argmax agree
+// bit for bit across devices (signed zeros included).
 //
 // Same source for nvcc and hipcc: see common/gpu.h.
 #include "../common/gpu.h"
@@ -151,12 +152,15 @@ __global__ void scatter_arg_kernel(const T* src, const int64_t* index, int64_t E
   }
 }
 
+// The value is read back from the arg row, not from the accumulator: +0 and -0
+// compare equal, so the accumulator may hold the sign of another row than the
+// (lowest) arg row; the CPU returns src[arg] exactly, and so does this.
 template <typename T>
-__global__ void scatter_extreme_finish_kernel(const acc_t<T>* acc, int64_t n, int64_t sentinel,
-                                              T* out, int64_t* arg) {
+__global__ void scatter_extreme_finish_kernel(const T* src, int64_t F, int64_t n,
+                                              int64_t sentinel, T* out, int64_t* arg) {
   PYGFM_GRID_STRIDE(i, n) {
     const bool empty = arg[i] == sentinel;
-    out[i] = from_acc<T>(empty ? acc_t<T>(0) : acc[i]);
+    out[i] = empty ? from_acc<T>(acc_t<T>(0)) : src[arg[i] * F + i % F];
     if (empty) arg[i] = -1;
   }
 }
@@ -244,7 +248,7 @@ int scatter_extreme(const T* src, const int64_t* index, int64_t E, int64_t F, in
         <<<blocks_for(E * F), kBlock, 0, as_stream(stream)>>>(src, index, E, F, S, acc, arg);
   }
   scatter_extreme_finish_kernel<T>
-      <<<blocks_for(S * F), kBlock, 0, as_stream(stream)>>>(acc, S * F, E, out, arg);
+      <<<blocks_for(S * F), kBlock, 0, as_stream(stream)>>>(src, F, S * F, E, out, arg);
   return status();
 }
 
