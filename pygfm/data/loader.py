@@ -64,7 +64,8 @@ class BatchLoader:
         samples_per_epoch, seed; ``set_epoch`` changes the draw); False walks
         every sample of every source once, in order (evaluation).
     rank, world_size: this rank's shard of every epoch. ``comm`` (mpi4py): if
-        given, all ranks agree on the number of batches (the largest count; the
+        given (or any object with ``allreduce_max(int) -> int``, such as
+        :class:`pygfm.train.parallel.Parallel`), all ranks agree on the number of batches (the largest count; the
         others repeat their first batches) so data-parallel steps line up.
     prefetch: batches prepared ahead in a background thread (0: none).
     """
@@ -130,7 +131,9 @@ class BatchLoader:
                                 num_edges=edges, edge_budget=self.edge_budget,
                                 max_structures=self.max_structures)
         if self.comm is not None:
-            groups = balance_batch_count(groups, self.comm.allreduce(len(groups), op=_mpi_max()))
+            most = (self.comm.allreduce_max(len(groups)) if hasattr(self.comm, "allreduce_max")
+                    else self.comm.allreduce(len(groups), op=_mpi_max()))
+            groups = balance_batch_count(groups, most)
         plan = [(datasets[np.asarray(g)], indices[np.asarray(g)]) for g in groups]
         self._plan_cache = (self.epoch, plan)
         return plan
@@ -151,7 +154,11 @@ class BatchLoader:
         return batch
 
     def __iter__(self):
-        plan = self.plan()
+        return self.iterate()
+
+    def iterate(self, start: int = 0):
+        """This epoch's batches from batch ``start`` on (to resume mid-epoch)."""
+        plan = self.plan()[start:]
         if self.prefetch == 0:
             for datasets, indices in plan:
                 yield self.make_batch(datasets, indices)

@@ -40,7 +40,8 @@ class MultiHeadModel(nn.Module):
 
     def __init__(self, representation: PaiNN, heads: Sequence[str], *,
                  normalization: Mapping[str, Mapping] | None = None,
-                 head_hidden: int | None = None, activation: str = "silu"):
+                 head_hidden: int | None = None, activation: str = "silu",
+                 direct_forces: bool = False):
         super().__init__()
         heads = list(heads)
         if not heads:
@@ -49,11 +50,16 @@ class MultiHeadModel(nn.Module):
             raise ValueError(f"heads: names must be unique, got {heads}")
         self.representation = representation
         self.head_names = heads
-        self.head_config = dict(head_hidden=head_hidden, activation=activation)
+        self.head_config = dict(head_hidden=head_hidden, activation=activation,
+                                direct_forces=bool(direct_forces))
         features = representation.n_features
         hidden = head_hidden or max(features // 2, 1)
         # ModuleDict keys may not contain "."; heads are stored by position
         self.heads = nn.ModuleList(MLP([features, hidden, 1], activation) for _ in heads)
+        # optional direct (non-conservative) force heads: F_i = scale * (v_i @ w), an
+        # equivariant readout of the vector features; no backward pass needed
+        self.force_heads = nn.ModuleList(nn.Linear(features, 1, bias=False) for _ in heads) \
+            if direct_forces else None
         self.register_buffer("reference", torch.zeros(len(heads), MAX_ATOMIC_NUMBER + 1,
                                                       dtype=torch.float64))
         self.register_buffer("scale", torch.ones(len(heads), dtype=torch.float64))
@@ -113,9 +119,23 @@ class MultiHeadModel(nn.Module):
                 start += count
         return out + self.reference[atom_head, numbers]
 
+    def _direct_forces(self, v: torch.Tensor, atom_head: torch.Tensor) -> torch.Tensor:
+        """[N, 3] eV/Å from the direct force heads, atom i through head atom_head[i]."""
+        out = torch.zeros(v.shape[0], 3, dtype=self.scale.dtype, device=v.device)
+        order = torch.argsort(atom_head, stable=True)
+        counts = torch.bincount(atom_head, minlength=len(self.heads)).tolist()
+        start = 0
+        for index, count in enumerate(counts):
+            if count:
+                rows = order[start:start + count]
+                value = self.force_heads[index](v[rows]).squeeze(-1).to(out.dtype)
+                out = out.index_put((rows,), value * self.scale[index])
+                start += count
+        return out
+
     def forward(self, batch: AtomicBatch, heads=None, *, forces: bool = True,
                 stress: bool = False, dataset_heads: Sequence[int] | None = None,
-                neighbors=None) -> dict:
+                neighbors=None, direct_forces: bool = False) -> dict:
         """Energies (eV), forces (eV/Å) and stress (eV/Å³) by autograd.
 
         heads None: route every structure to its dataset's head, where
@@ -124,7 +144,15 @@ class MultiHeadModel(nn.Module):
         heads a name or a list of names (or "all"): every structure through those
         heads: energy [B, H], forces [H, N, 3], stress [H, B, 3, 3] (a single name
         gives [B], [N, 3], [B, 3, 3]).
+
+        direct_forces: also return ``direct_forces`` ([N, 3], or [H, N, 3]) from
+        the direct force heads (a model built with ``direct_forces=True``); with
+        ``forces=False`` no backward pass is made at all (fast screening).
         """
+        if direct_forces and self.force_heads is None:
+            raise ValueError("forward: this model has no direct force heads (build it with "
+                             "direct_forces=True)")
+        extra = {}
         if heads is None:
             if batch.dataset is None:
                 raise ValueError("forward: the batch has no dataset index to route by; "
@@ -143,21 +171,30 @@ class MultiHeadModel(nn.Module):
         single = isinstance(heads, str) and heads != "all"
 
         def energy_of(vectors, graph):
-            s, _ = self.representation(batch.numbers, vectors, graph)
+            s, v = self.representation(batch.numbers, vectors, graph)
             owner = batch.structure_index()
             if selected is None:
-                atomic = self._atomic_energies(s, batch.numbers, structure_head[owner])
+                atom_head = structure_head[owner]
+                if direct_forces:
+                    extra["direct_forces"] = self._direct_forces(v, atom_head)
+                atomic = self._atomic_energies(s, batch.numbers, atom_head)
                 return segment_sum(atomic, batch.ptr)
-            columns = []
+            columns, direct = [], []
             for index in selected:
                 atom_head = torch.full_like(batch.numbers, index)
                 columns.append(segment_sum(self._atomic_energies(s, batch.numbers, atom_head),
                                            batch.ptr))
+                if direct_forces:
+                    direct.append(self._direct_forces(v, atom_head))
             energy = torch.stack(columns, dim=1)
+            if direct_forces:
+                extra["direct_forces"] = direct[0] if single else torch.stack(direct)
             return energy[:, 0] if single else energy
 
-        return conservative(batch, self.cutoff, energy_of, forces=forces, stress=stress,
-                            neighbors=neighbors, create_graph=self.training)
+        result = conservative(batch, self.cutoff, energy_of, forces=forces, stress=stress,
+                              neighbors=neighbors, create_graph=self.training)
+        result.update(extra)
+        return result
 
     @torch.no_grad()
     def predict(self, atoms_list: Sequence, head: str | Sequence[str] = None,

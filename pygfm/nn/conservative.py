@@ -56,7 +56,10 @@ def conservative(batch: AtomicBatch, cutoff: float,
                                          retain_graph=create_graph or k + 1 < len(columns))
                      for k, column in enumerate(columns)]
         if stress:
-            volume = torch.linalg.det(batch.cell).abs()[:, None, None]
+            volume = torch.linalg.det(batch.cell).abs()
+            # a structure without a 3D cell has no volume: its entry is dE/d(strain)
+            # (callers mask it; dividing by 0 would poison the backward pass)
+            volume = torch.where(volume > 0, volume, torch.ones_like(volume))[:, None, None]
         per_column = []
         for grads in gradients:
             out = {}
