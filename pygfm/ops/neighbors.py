@@ -230,51 +230,77 @@ def neighbor_list(
     x = positions.detach().to(torch.float64).contiguous()
     cell64 = _batch_cell(cell, positions, structures)
     pbc = _batch_pbc(pbc, cell is not None, structures, device)
+    checks = not tracing()
 
-    if not tracing():
-        bad = _first_bad_structure(x, ptr)
-        if bad is not None:
-            raise ValueError(f"{op}: positions of structure {bad} hold NaN or infinite values")
-        bad = _first_bad_structure(cell64, None)
+    # The per-structure geometry (cell, determinant, inverse, heights, bins) is
+    # small: off the CPU it is computed on the CPU from one copy of cell, pbc and
+    # ptr (one host sync instead of one per check), with the same float64 ops as
+    # for CPU input, so every device gets the same grid bits. Traced, it stays
+    # on the device (no data-dependent host copies in a graph).
+    on_host = checks and device.type != "cpu"
+    if on_host:
+        cell_h, pbc_h, ptr_h, first_bad_atom = _to_host(x, cell64, pbc, ptr)
+        if first_bad_atom < num_atoms:
+            raise ValueError(
+                f"{op}: positions of structure {_structure_of(ptr_h, first_bad_atom)} hold NaN "
+                f"or infinite values"
+            )
+    else:
+        cell_h, pbc_h, ptr_h = cell64, pbc, ptr
+        if checks:
+            bad = _first_bad_structure(x, ptr)
+            if bad is not None:
+                raise ValueError(f"{op}: positions of structure {bad} hold NaN or infinite values")
+    if checks:
+        bad = _first_bad_structure(cell_h, None)
         if bad is not None:
             raise ValueError(f"{op}: the cell of structure {bad} holds NaN or infinite values")
 
-    grid_cell = _complete_cell(cell64, pbc)
+    grid_cell = _complete_cell(cell_h, pbc_h)
     determinant = torch.linalg.det(grid_cell)
     # height of the cell along axis a: the distance between the lattice planes
     # spanned by the two other vectors, 1 / |column a of inv(cell)|.
     singular = determinant.abs() <= 1e-12 * grid_cell.norm(dim=(1, 2)).pow(3).clamp(min=1e-300)
-    if not tracing() and bool(singular.any()):
+    if checks and bool(singular.any()):
         bad = int(torch.nonzero(singular)[0, 0])
         raise ValueError(
             f"{op}: the cell of structure {bad} is singular along its periodic axes "
-            f"(pbc {pbc[bad].tolist()}, cell {cell64[bad].tolist()})"
+            f"(pbc {pbc_h[bad].tolist()}, cell {cell_h[bad].tolist()})"
         )
     inv_cell = torch.linalg.inv(grid_cell)
     height = 1.0 / inv_cell.norm(dim=1)  # [B, 3]
-    thin = (height < 1e-6) & pbc
-    if not tracing() and bool(thin.any()):
+    thin = (height < 1e-6) & pbc_h
+    if checks and bool(thin.any()):
         bad, axis = (int(v) for v in torch.nonzero(thin)[0])
         raise ValueError(
             f"{op}: the cell of structure {bad} is degenerate: its height along periodic "
             f"axis {axis} is {float(height[bad, axis]):.3g} Å"
         )
+    if on_host:
+        # one copy to the device; [0] and [1] of a contiguous stack are contiguous
+        grid_cell_d, inv_cell_d = torch.stack([grid_cell, inv_cell]).to(device)
+    else:
+        grid_cell_d, inv_cell_d = grid_cell, inv_cell
 
     reach = cutoff / height  # the cutoff in fractional units, per axis
     # open structures have the identity as grid cell: their fractional
     # coordinates are the positions (the common case of molecule batches)
-    if tracing() or bool(pbc.any()):
-        frac = torch.einsum("nc,nca->na", x, inv_cell[segment_ids(ptr, num_atoms)])
+    if checks and bool(pbc_h.all()):
+        # every axis periodic: the grid spans the cell, low and high go unused
+        low = high = torch.zeros_like(reach)
     else:
-        frac = x
-    # ptr is already validated: the raw ops skip a second check
-    low = torch.ops.pygfm.segment_min(frac, ptr)[0]
-    high = torch.ops.pygfm.segment_max(frac, ptr)[0]
-    extent = torch.where(pbc, torch.ones_like(low), high - low)
-    origin = torch.where(pbc, torch.zeros_like(low), low)
+        if tracing() or bool(pbc_h.any()):
+            frac = torch.einsum("nc,nca->na", x, inv_cell_d[segment_ids(ptr, num_atoms)])
+        else:
+            frac = x
+        low, high = _fractional_bounds(frac, ptr, structures, num_atoms)
+        if on_host:
+            low, high = torch.stack([low, high]).cpu()
+    extent = torch.where(pbc_h, torch.ones_like(low), high - low)
+    origin = torch.where(pbc_h, torch.zeros_like(low), low)
     bins = torch.clamp(torch.floor(extent / reach), min=1)  # bins >= the cutoff's reach
     # sparse structures: at most ~2 bins per atom
-    atoms = ptr.diff().to(torch.float64)
+    atoms = ptr_h.diff().to(torch.float64)
     too_many = bins.prod(dim=1) / torch.clamp(2 * atoms, min=8)
     bins = torch.where(
         too_many[:, None] > 1,
@@ -283,19 +309,64 @@ def neighbor_list(
     )
     # small open structures: one bin, i.e. all pairs (measured faster for
     # molecules than visiting 27 mostly empty bins per atom)
-    brute_force = (atoms <= _BRUTE_FORCE_ATOMS) & ~pbc.any(dim=1)
+    brute_force = (atoms <= _BRUTE_FORCE_ATOMS) & ~pbc_h.any(dim=1)
     bins = torch.where(brute_force[:, None], torch.ones_like(bins), bins)
-    width = torch.where(pbc, 1.0 / bins, torch.maximum(extent / bins, reach))
+    width = torch.where(pbc_h, 1.0 / bins, torch.maximum(extent / bins, reach))
     search = torch.clamp(torch.ceil(reach / width * (1 + 1e-9)), min=1)
 
-    if not tracing():
-        _check_pair_budget(op, pbc, grid_cell, determinant, extent, reach, atoms, search,
+    if checks:
+        _check_pair_budget(op, pbc_h, grid_cell, determinant, extent, reach, atoms, search,
                            cutoff, max_neighbors, device)
+    if on_host:  # one copy to the device (bins and search are exact integers in float64)
+        origin, width, bins, search = torch.stack([origin, width, bins, search]).to(device)
+    bins, search = bins.long(), search.long()
     edge_index, shifts, row_ptr = _ops.neighbor_list(
-        x, ptr, grid_cell, inv_cell, pbc, origin, width, bins.long(), search.long(), cutoff,
+        x, ptr, grid_cell_d, inv_cell_d, pbc, origin, width, bins, search, cutoff,
         bool(self_interaction), -1 if max_neighbors is None else int(max_neighbors),
     )
     return NeighborList(edge_index, shifts, row_ptr)
+
+
+def _to_host(x, cell64, pbc, ptr):
+    """(cell [B, 3, 3], pbc [B, 3], ptr [B + 1], first atom with a non-finite position or N)
+    on the CPU, in one device-to-host copy (float64 holds the integers exactly)."""
+    num_atoms, structures = x.shape[0], ptr.numel() - 1
+    if num_atoms:
+        atom = torch.arange(num_atoms, device=x.device)
+        first_bad = torch.where(torch.isfinite(x).all(dim=1), num_atoms, atom).amin()
+    else:
+        first_bad = torch.zeros((), dtype=torch.long, device=x.device)
+    packed = torch.cat([
+        cell64.reshape(-1), pbc.reshape(-1).to(torch.float64), ptr.to(torch.float64),
+        first_bad.reshape(1).to(torch.float64),
+    ]).cpu()
+    cell_h = packed[:9 * structures].view(structures, 3, 3)
+    pbc_h = packed[9 * structures:12 * structures].view(structures, 3) != 0
+    ptr_h = packed[12 * structures:13 * structures + 1].long()
+    return cell_h, pbc_h, ptr_h, int(packed[-1])
+
+
+def _fractional_bounds(frac: torch.Tensor, ptr: torch.Tensor, structures: int, num_atoms: int):
+    """Per-structure min and max of the fractional coordinates -> (low, high) [B, 3].
+
+    Empty structures give 0. On the CPU, the segment ops (one pass over rows);
+    elsewhere parallel reductions (the GPU segment kernels run one thread per
+    structure and axis, 3 threads for one structure): amin/amax for a single
+    structure, else the scatter ops over the structure index, which follow the
+    segment ops' conventions exactly. Minima and maxima are exact, so all give
+    the same values; amin/amax may only pick -0.0 for +0.0 (or the reverse),
+    which changes no bin: origin enters as floor((f - origin) / width) and
+    extent = high - low only through floor(extent / reach) and max(., reach).
+    """
+    if frac.device.type == "cpu":
+        # ptr is already validated: the raw ops skip a second check
+        return (torch.ops.pygfm.segment_min(frac, ptr)[0],
+                torch.ops.pygfm.segment_max(frac, ptr)[0])
+    if structures == 1 and num_atoms > 0:
+        return frac.amin(dim=0, keepdim=True), frac.amax(dim=0, keepdim=True)
+    structure = segment_ids(ptr, num_atoms)
+    return (torch.ops.pygfm.scatter_min(frac, structure, structures)[0],
+            torch.ops.pygfm.scatter_max(frac, structure, structures)[0])
 
 
 def _check_pair_budget(op, pbc, grid_cell, determinant, extent, reach, atoms, search, cutoff,

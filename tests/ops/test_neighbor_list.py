@@ -372,3 +372,62 @@ def test_gpu_equals_cpu(max_neighbors):
                         max_neighbors=max_neighbors)
     for ours, theirs in zip(cpu, gpu):
         assert torch.equal(ours, theirs.cpu())
+
+
+def dense_batch(seed):
+    """Small, dense periodic cells (fcc Cu, perturbed), a partly periodic slab and a molecule."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    batch = []
+    for repeat in [(1, 1, 1), (2, 1, 1), (1, 2, 2)]:
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(repeat)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        batch.append(atoms)
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
+    slab.pbc = [True, True, False]
+    batch.append(slab)
+    batch.append(ase.Atoms(positions=rng.normal(0, 3.0, (40, 3))))
+    return batch
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("cutoff, max_neighbors", [(7.0, None), (7.0, 100), (15.0, None),
+                                                   (15.0, 700)])
+def test_gpu_equals_cpu_long_rows(cutoff, max_neighbors):
+    """Rows of hundreds (7 Å) and of more than a thousand (15 Å) pairs: the GPU row sort's
+    per-row shared-memory path and its global-memory path for rows longer than its tile."""
+    batch = dense_batch(3)
+    positions = torch.tensor(np.concatenate([a.positions for a in batch]))
+    cell = torch.tensor(np.stack([a.cell.array for a in batch]))
+    pbc = torch.tensor(np.stack([a.pbc for a in batch]))
+    ptr = torch.tensor([0] + np.cumsum([len(a) for a in batch]).tolist())
+    cpu = neighbor_list(positions, cutoff, cell=cell, pbc=pbc, ptr=ptr,
+                        max_neighbors=max_neighbors)
+    if cutoff > 10 and max_neighbors is None:
+        assert int(cpu.row_ptr.diff().max()) > 1024
+    gpu = neighbor_list(positions.cuda(), cutoff, cell=cell.cuda(), pbc=pbc.cuda(),
+                        ptr=ptr.cuda(), max_neighbors=max_neighbors)
+    for ours, theirs in zip(cpu, gpu):
+        assert torch.equal(ours, theirs.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("structures", [1, 3])
+def test_gpu_equals_cpu_open_and_empty(structures):
+    """Open structures take the GPU's min/max of fractional coordinates (amin/amax for one
+    structure, scatter ops for a batch, with an empty structure)."""
+    rng = np.random.default_rng(structures)
+    counts = [50, 0, 30][:structures]
+    positions = torch.tensor(rng.normal(0, 4.0, (sum(counts), 3)))
+    ptr = torch.tensor([0] + np.cumsum(counts).tolist())
+    pbc = torch.tensor([[True, False, False]] * structures)
+    cell = torch.eye(3, dtype=torch.float64).expand(structures, 3, 3) * 6.0
+    for kwargs in ({}, {"cell": cell, "pbc": pbc}):
+        cpu = neighbor_list(positions, 3.0, ptr=ptr, **kwargs)
+        gpu = neighbor_list(positions.cuda(), 3.0, ptr=ptr.cuda(),
+                            **{k: v.cuda() for k, v in kwargs.items()})
+        for ours, theirs in zip(cpu, gpu):
+            assert torch.equal(ours, theirs.cpu())
