@@ -45,4 +45,19 @@ if [[ $what != --tests-only ]]; then
     | tee "$out/bench.log"
   echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 fi
+if [[ ${GPU_TRAIN:-0} == 1 ]]; then
+  # pygfm-train on the GPU (demo config, bigger batches) in FP32 and BF16, and
+  # the precision benchmark
+  for precision in fp32 bf16; do
+    (cd /tmp && timeout ${TRAIN_TIMEOUT:-120} python3 -m pygfm.cli.train \
+       "$repo/pygfm/train/configs/demo.yaml" --run-dir /tmp/gpu-train-$precision --quiet \
+       --set device=cuda --set precision=$precision --set sampling.batch_atoms=4096 \
+       --set training.max_steps=${TRAIN_STEPS:-200} --set training.eval_every=100 2>&1) \
+      | tee "$out/train_$precision.log" | tail -12
+    echo "train $precision exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
+  done
+  (cd /tmp && timeout 120 python3 "$repo/benchmarks/precision.py" --device cuda \
+     --batch-atoms 4096 --batches 6 --repeats 5 2>&1) | tee "$out/precision.log"
+  echo "precision exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
+fi
 exit $status
