@@ -82,7 +82,10 @@ def load(path, map_location="cpu") -> MultiHeadModel:
     model = MultiHeadModel(PaiNN(**content["representation"]), content["heads"],
                            **content["head_config"])
     model = model.to(getattr(torch, content["dtype"]))
-    model.load_state_dict(content["state_dict"])
+    state = dict(content["state_dict"])
+    for name in ("composition_logp", "composition_prior"):  # absent before they existed
+        state.setdefault(name, getattr(model, name))
+    model.load_state_dict(state)
     model.elements = list(content["elements"])
     model.checkpoint_config = content["config"]
     return model.eval()

@@ -63,6 +63,12 @@ class MultiHeadModel(nn.Module):
         self.register_buffer("reference", torch.zeros(len(heads), MAX_ATOMIC_NUMBER + 1,
                                                       dtype=torch.float64))
         self.register_buffer("scale", torch.ones(len(heads), dtype=torch.float64))
+        # composition model for blending heads (screening's --heads auto): log
+        # p(element | head) [H, Z] and log prior [H], a naive-Bayes classifier of
+        # which training set a composition resembles; zeros = uniform weights
+        self.register_buffer("composition_logp", torch.zeros(len(heads), MAX_ATOMIC_NUMBER + 1,
+                                                             dtype=torch.float64))
+        self.register_buffer("composition_prior", torch.zeros(len(heads), dtype=torch.float64))
         for name, stats in (normalization or {}).items():
             self.set_normalization(name, stats)
 
@@ -94,12 +100,43 @@ class MultiHeadModel(nn.Module):
             self.reference[index] = row.to(self.reference.device)
             self.scale[index] = float(scale)
 
+    _FLOAT64_BUFFERS = ("reference", "scale", "composition_logp", "composition_prior")
+
+    def fit_composition(self, compositions) -> None:
+        """Fit the head-blending weights from the training sets' compositions:
+        ``compositions[head] = element counts [Z+1]`` summed over that set. Laplace
+        smoothing keeps unseen elements possible; the prior is uniform."""
+        with torch.no_grad():
+            for name, counts in compositions.items():
+                index = self.head_index(name)
+                counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+                if counts.numel() != MAX_ATOMIC_NUMBER + 1:
+                    raise ValueError(f"fit_composition: counts of {name!r} must have "
+                                     f"{MAX_ATOMIC_NUMBER + 1} entries")
+                smoothed = counts + 0.5
+                self.composition_logp[index] = (smoothed / smoothed.sum()).log().to(
+                    self.composition_logp.device)
+                self.composition_prior[index] = 0.0
+
+    def head_weights(self, numbers: torch.Tensor, ptr: torch.Tensor,
+                     heads: Sequence[int] | None = None, temperature: float = 1.0):
+        """[B, H] weights of ``heads`` (default all) per structure: the softmax of
+        each head's mean log-likelihood per atom of the structure's elements
+        (divided by ``temperature``), the paper's composition-based blending."""
+        index = torch.arange(len(self.heads), device=numbers.device) if heads is None \
+            else torch.as_tensor(list(heads), device=numbers.device)
+        logp = self.composition_logp[index][:, numbers]          # [H, N]
+        per_structure = segment_sum(logp.t().contiguous(), ptr)  # [B, H]
+        counts = (ptr[1:] - ptr[:-1]).clamp(min=1).to(per_structure.dtype)[:, None]
+        score = per_structure / counts / temperature + self.composition_prior[index]
+        return torch.softmax(score, dim=1)
+
     def _apply(self, fn, recurse=True):
         # normalization stays float64 whatever the weights' dtype (references are
         # hundreds of eV; their sum must not lose the meV the heads predict)
-        reference, scale = self.reference, self.scale
+        kept = {name: getattr(self, name) for name in self._FLOAT64_BUFFERS}
         super()._apply(fn, recurse)
-        for name, old in (("reference", reference), ("scale", scale)):
+        for name, old in kept.items():
             new = getattr(self, name)
             setattr(self, name, old.to(device=new.device))
         return self
@@ -135,7 +172,8 @@ class MultiHeadModel(nn.Module):
 
     def forward(self, batch: AtomicBatch, heads=None, *, forces: bool = True,
                 stress: bool = False, dataset_heads: Sequence[int] | None = None,
-                neighbors=None, direct_forces: bool = False) -> dict:
+                neighbors=None, direct_forces: bool = False,
+                force_weights: torch.Tensor | None = None) -> dict:
         """Energies (eV), forces (eV/Å) and stress (eV/Å³) by autograd.
 
         heads None: route every structure to its dataset's head, where
@@ -148,6 +186,10 @@ class MultiHeadModel(nn.Module):
         direct_forces: also return ``direct_forces`` ([N, 3], or [H, N, 3]) from
         the direct force heads (a model built with ``direct_forces=True``); with
         ``forces=False`` no backward pass is made at all (fast screening).
+
+        force_weights: [B, H] with several heads: one backward pass for the forces
+        (and stress) of the blend sum_h w[b, h] E[b, h] instead of one per head
+        (screening: ``head_weights`` or uniform 1/H); energy stays [B, H].
         """
         if direct_forces and self.force_heads is None:
             raise ValueError("forward: this model has no direct force heads (build it with "
@@ -191,8 +233,23 @@ class MultiHeadModel(nn.Module):
                 extra["direct_forces"] = direct[0] if single else torch.stack(direct)
             return energy[:, 0] if single else energy
 
-        result = conservative(batch, self.cutoff, energy_of, forces=forces, stress=stress,
-                              neighbors=neighbors, create_graph=self.training)
+        if force_weights is not None:
+            if selected is None or single:
+                raise ValueError("forward: force_weights needs several heads (heads=[...] "
+                                 "or 'all')")
+            weights = force_weights.detach()
+
+            def blended(vectors, graph):
+                energy = energy_of(vectors, graph)
+                extra["energy"] = energy
+                return (energy * weights.to(energy.dtype)).sum(dim=1)
+
+            result = conservative(batch, self.cutoff, blended, forces=forces, stress=stress,
+                                  neighbors=neighbors, create_graph=self.training)
+        else:
+            result = conservative(batch, self.cutoff, energy_of, forces=forces,
+                                  stress=stress, neighbors=neighbors,
+                                  create_graph=self.training)
         result.update(extra)
         return result
 

@@ -107,6 +107,17 @@ def _split(entry: dict, index: int, seed: int, parallel: Parallel):
     return dataset.name, dataset[train_positions], validation_view
 
 
+def _composition(source, limit: int = 20_000) -> np.ndarray:
+    """Element counts [Z+1] over (at most ``limit`` evenly spread) structures."""
+    from ..data.sample import MAX_ATOMIC_NUMBER
+
+    n = len(source)
+    positions = np.unique(np.linspace(0, n - 1, min(n, limit)).astype(np.int64))
+    block = source.take(positions)
+    return np.bincount(block.arrays["numbers"].astype(np.int64),
+                       minlength=MAX_ATOMIC_NUMBER + 1).astype(np.float64)
+
+
 def _schedule_factor(config: dict, step: int, plateau: float) -> float:
     schedule = config["schedule"]
     warmup = schedule["warmup_steps"]
@@ -195,7 +206,7 @@ def _build_model(config: dict, names: list, statistics: dict):
     own = model.state_dict()
     with torch.no_grad():
         for key, value in state.items():
-            if key in ("reference", "scale"):
+            if key in MultiHeadModel._FLOAT64_BUFFERS:  # per-head rows
                 own[key][:len(old_heads)] = value.to(own[key].dtype)
             elif key in own:
                 own[key].copy_(value.to(own[key].dtype))
@@ -262,6 +273,9 @@ class Trainer:
             given = {**self.model.representation.config, **self.model.head_config}
             config["model"] = {**config["model"],
                                **{k: v for k, v in given.items() if k in config["model"]}}
+        # which training set a composition resembles (screening's --heads auto)
+        self.model.fit_composition({name: _composition(train_sets[name])
+                                    for name in self.new_heads})
         self.model = self.model.to(device=self.device, dtype=self.master_dtype)
         self.parallel.broadcast_parameters(self.model)
         self.dataset_heads = [self.model.head_index(n) for n in self.names]
