@@ -1,0 +1,448 @@
+"""The screening driver behind ``pygfm-screen``: stream structures through a
+trained model, sharded over ranks, resumable, with bounded memory.
+
+Work is cut into chunks of the input (see :mod:`.inputs`). Rank r of W takes
+chunks r, r + W, r + 2W, ... with no coordination. For each chunk a producer
+thread builds budget-filled batches and their neighbor lists while the model
+runs on the previous ones; the chunk's results go to
+``OUTPUT.parts/chunk-NNNNNNNNN.npz``, written to a temporary name and renamed,
+and a line is appended to ``OUTPUT.parts/journal.jsonl``. A rerun (after a
+crash or SIGKILL) skips the chunks whose part exists, so at most the chunks in
+flight are lost. When every chunk is done, rank 0 merges the parts in input
+order into OUTPUT (CSV, ADIOS2 ``.bp`` or ``.npz``, written atomically), with a
+histogram PNG of the energies, the global top-k and a summary with throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import AtomicBatch
+from ..ops import neighbor_list
+from .inputs import InputError, ScreenInput, Structures, open_input
+
+__all__ = ["ScreenError", "ScreenSettings", "screen"]
+
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class ScreenError(ValueError):
+    """Bad arguments (checkpoint, heads, output path); the message names it."""
+
+
+@dataclass
+class ScreenSettings:
+    model: str
+    input: str
+    output: str
+    heads: str = "all"
+    forces: bool = False
+    top_k: int = 0
+    rank_by: str | None = None
+    precision: str = "fp32"
+    batch_atoms: int = 8192
+    chunk: int = 4096
+    device: str = "auto"
+    cutoff: float | None = None
+    max_neighbors: int | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ helpers
+def _hill_formulas(numbers: np.ndarray, counts: np.ndarray) -> list[str]:
+    """Hill formulas (C, H, then the rest alphabetically; without C all
+    alphabetically) of the structures of a chunk."""
+    from ase.data import chemical_symbols
+
+    out, start = [], 0
+    for n in counts:
+        present = np.bincount(numbers[start:start + n])
+        start += n
+        elements = [int(k) for k in np.flatnonzero(present)]
+        first = [z for z in (6, 1) if 6 in elements and z in elements]
+        rest = sorted((z for z in elements if z not in first), key=lambda z: chemical_symbols[z])
+        out.append("".join(chemical_symbols[z] + (str(present[z]) if present[z] > 1 else "")
+                           for z in first + rest))
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp) then rename onto ``path`` (a file, or a directory such as an
+    ADIOS2 .bp, whose old copy is removed only after the new one is in place)."""
+    import shutil
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        write(tmp)
+        if tmp.is_dir() and path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
+
+
+def _resolve_heads(model, text: str):
+    names = list(model.head_names)
+    if text in ("all", "auto"):
+        return names, text == "auto"
+    wanted = [h.strip() for h in text.split(",") if h.strip()]
+    unknown = [h for h in wanted if h not in names]
+    if unknown or not wanted:
+        raise ScreenError(f"--heads: no head {unknown[0] if unknown else text!r}; this model "
+                          f"has {', '.join(names)} (or use all / auto)")
+    return wanted, False
+
+
+def _load_model(path: str, device: torch.device, precision: str):
+    from ..models import load
+
+    if not Path(path).is_file():
+        raise ScreenError(f"--model: {path} does not exist")
+    try:
+        model = load(path, map_location="cpu")
+    except (ValueError, KeyError, RuntimeError, TypeError) as error:
+        raise ScreenError(f"--model: {path} cannot be used: {error}") from None
+    return model.to(device=device, dtype=DTYPES[precision]).eval()
+
+
+# ------------------------------------------------------------------ batches
+def _batches(structures: Structures, budget: int, dtype, cutoff, max_neighbors):
+    """(batch, slice of the chunk's structures) pairs, each <= budget atoms."""
+    counts = structures.counts
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    start = 0
+    while start < len(counts):
+        stop = start + 1
+        while stop < len(counts) and offsets[stop + 1] - offsets[start] <= budget:
+            stop += 1
+        a0, a1 = offsets[start], offsets[stop]
+        ptr = torch.as_tensor(offsets[start:stop + 1] - a0, dtype=torch.int64)
+        batch = AtomicBatch(
+            positions=torch.as_tensor(structures.positions[a0:a1], dtype=dtype),
+            numbers=torch.as_tensor(structures.numbers[a0:a1], dtype=torch.int64),
+            cell=torch.as_tensor(structures.cell[start:stop], dtype=dtype),
+            pbc=torch.as_tensor(structures.pbc[start:stop], dtype=torch.bool), ptr=ptr)
+        pairs = neighbor_list(batch.positions, cutoff, batch.cell, batch.pbc, batch.ptr,
+                              max_neighbors=max_neighbors)
+        from dataclasses import replace
+        yield replace(batch, neighbors=pairs, neighbor_cutoff=float(cutoff)), slice(start, stop)
+        start = stop
+
+
+def _produce(items, depth: int):
+    """Run the generator ``items`` in a thread, ``depth`` ahead; errors are
+    raised in the consumer."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        results.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            results.put((False, error))
+            return
+        results.put((True, done))
+
+    thread = threading.Thread(target=work, name="pygfm-screen-producer", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = results.get()
+            if not ok:
+                raise value
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+
+
+# ------------------------------------------------------------------ the run
+class Screen:
+    def __init__(self, settings: ScreenSettings, comm=None):
+        self.s = settings
+        self.comm = comm
+        self.rank, self.size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+        if settings.precision not in DTYPES:
+            raise ScreenError(f"--precision: must be fp64, fp32 or bf16, got {settings.precision!r}")
+        if settings.batch_atoms < 1 or settings.chunk < 1:
+            raise ScreenError("--batch-atoms and --chunk must be >= 1")
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ScreenError(f"--device {device}: torch sees no GPU")
+            if self.device.index is None:
+                self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+        self.output = Path(settings.output)
+        if self.output.suffix not in (".csv", ".bp", ".npz"):
+            raise ScreenError(f"--output: {self.output} must end in .csv, .bp (ADIOS2) or .npz")
+        parent = self.output.resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ScreenError(f"--output: cannot write into {parent}")
+        self.model = _load_model(settings.model, self.device, settings.precision)
+        self.heads, self.auto = _resolve_heads(self.model, settings.heads)
+        self.head_index = [self.model.head_index(h) for h in self.heads]
+        if self.auto and not bool(self.model.composition_logp.abs().sum() > 0):
+            raise ScreenError("--heads auto: this checkpoint has no composition model (train "
+                              "it with this pygfm's pygfm-train)")
+        try:
+            self.input: ScreenInput = open_input(settings.input, settings.chunk)
+        except InputError as error:
+            raise ScreenError(f"--input: {error}") from None
+        self.cutoff = settings.cutoff or self.model.cutoff
+        self.max_neighbors = settings.max_neighbors if settings.max_neighbors is not None \
+            else self.input.max_neighbors
+        self.geometry = torch.float64 if settings.precision == "fp64" else torch.float32
+        self.columns = self._columns()
+        if settings.top_k and settings.rank_by not in (None, *self.columns):
+            raise ScreenError(f"--rank-by: no column {settings.rank_by!r}; columns are "
+                              f"{', '.join(c for c in self.columns if c not in ('formula',))}")
+        self.parts = self.output.with_name(self.output.name + ".parts")
+
+    def _columns(self) -> list[str]:
+        cols = ["id", "formula", "n_atoms"]
+        for h in self.heads:
+            cols += [f"energy:{h}", f"energy_per_atom:{h}"]
+        if len(self.heads) > 1:
+            cols.append("spread_per_atom")
+        if self.auto:
+            cols += ["energy:auto", "energy_per_atom:auto"]
+        if self.s.forces:
+            cols.append("max_force")
+        return cols
+
+    # -------------------------------------------------------------- chunks
+    def _part(self, k: int) -> Path:
+        return self.parts / f"chunk-{k:09d}.npz"
+
+    def _run_chunk(self, k: int, structures: Structures, bar) -> dict:
+        B = len(structures)
+        H = len(self.heads)
+        energy = np.zeros((B, H))
+        max_force = np.zeros(B) if self.s.forces else None
+        blend = np.zeros(B) if self.auto else None
+        items = _batches(structures, self.s.batch_atoms, self.geometry, self.cutoff,
+                         self.max_neighbors)
+        for batch, where in _produce(items, depth=2):
+            batch = batch.to(self.device)
+            weights = None
+            if self.auto or (self.s.forces and H > 1):
+                weights = self.model.head_weights(batch.numbers, batch.ptr, self.head_index) \
+                    if self.auto else torch.full((batch.num_structures, H), 1.0 / H,
+                                                 dtype=torch.float64, device=self.device)
+            heads = self.heads if H > 1 else self.heads[0]
+            with torch.inference_mode(not self.s.forces):
+                out = self.model(batch, heads, forces=self.s.forces,
+                                 force_weights=weights if H > 1 else None)
+            e = out["energy"].detach().double()
+            e = e[:, None] if e.dim() == 1 else e
+            energy[where] = e.cpu().numpy()
+            if self.auto:
+                blend[where] = (e * weights).sum(dim=1).cpu().numpy()
+            if self.s.forces:
+                norms = out["forces"].detach().double().norm(dim=-1)
+                peak = torch.zeros(batch.num_structures, dtype=torch.float64,
+                                   device=self.device).scatter_reduce(
+                    0, batch.structure_index(), norms, "amax", include_self=True)
+                max_force[where] = peak.cpu().numpy()
+            if bar is not None:
+                bar.update(batch.num_structures * self.size)
+        result = {"id": structures.ids, "n_atoms": structures.counts.astype(np.int64),
+                  "formula": np.array(_hill_formulas(structures.numbers, structures.counts)),
+                  "energy": energy}
+        if blend is not None:
+            result["blend"] = blend
+        if max_force is not None:
+            result["max_force"] = max_force
+        return result
+
+    def run(self) -> dict:
+        total_chunks = self.input.num_chunks
+        if self.rank == 0:
+            self.parts.mkdir(parents=True, exist_ok=True)
+            meta = {"model": str(Path(self.s.model).resolve()), "input": self.s.input,
+                    "heads": self.heads, "auto": self.auto, "forces": self.s.forces,
+                    "chunk": self.s.chunk, "precision": self.s.precision,
+                    "cutoff": self.cutoff, "max_neighbors": self.max_neighbors}
+            meta_path = self.parts / "run.json"
+            if meta_path.exists():
+                previous = json.loads(meta_path.read_text())
+                if previous != meta:
+                    raise ScreenError(f"{self.parts} holds parts of a different screening run "
+                                      f"({previous}); remove it or choose another --output")
+            else:
+                _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+        self._barrier()
+        mine = [k for k in range(self.rank, total_chunks, self.size)
+                if not self._part(k).exists()]
+        done_before = total_chunks - len([k for k in range(total_chunks)
+                                          if not self._part(k).exists()])
+        bar = None
+        if self.s.progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=len(self.input), unit="structure", desc="pygfm-screen",
+                       dynamic_ncols=True, unit_scale=True,
+                       initial=min(done_before * self.s.chunk, len(self.input)))
+        started = time.perf_counter()
+        structures_done = atoms_done = 0
+        # the next chunk's structures are generated in a thread while this one runs
+        for k, structures in _produce(((k, self.input.chunk(k)) for k in mine), depth=1):
+            chunk_started = time.perf_counter()
+            result = self._run_chunk(k, structures, bar)
+            _atomic_write(self._part(k), lambda p: _save_npz(p, result))
+            structures_done += len(structures)
+            atoms_done += int(structures.counts.sum())
+            with open(self.parts / "journal.jsonl", "a", encoding="utf-8") as journal:
+                journal.write(json.dumps({"chunk": k, "rank": self.rank,
+                                          "structures": len(structures),
+                                          "seconds": time.perf_counter() - chunk_started})
+                              + "\n")
+        seconds = time.perf_counter() - started
+        if bar is not None:
+            bar.close()
+        rates = self._gather((structures_done, atoms_done, seconds))
+        summary = None
+        if self.rank == 0:
+            missing = [k for k in range(total_chunks) if not self._part(k).exists()]
+            if missing:
+                raise ScreenError(f"{len(missing)} chunks have no results (first {missing[0]})")
+            summary = self._merge(total_chunks, rates)
+        self._barrier()
+        return summary
+
+    def _barrier(self):
+        if self.comm is not None:
+            self.comm.Barrier()
+
+    def _gather(self, value):
+        return self.comm.gather(value, root=0) if self.comm is not None else [value]
+
+    # -------------------------------------------------------------- the end
+    def _merge(self, total_chunks: int, rates) -> dict:
+        parts = [dict(np.load(self._part(k), allow_pickle=False)) for k in range(total_chunks)]
+        merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} \
+            if parts else {}
+        table = {"id": merged.get("id", np.zeros(0, np.int64)),
+                 "formula": merged.get("formula", np.zeros(0, str)),
+                 "n_atoms": merged.get("n_atoms", np.zeros(0, np.int64))}
+        n = np.maximum(table["n_atoms"], 1)
+        energy = merged.get("energy", np.zeros((0, len(self.heads))))
+        for h, name in enumerate(self.heads):
+            table[f"energy:{name}"] = energy[:, h]
+            table[f"energy_per_atom:{name}"] = energy[:, h] / n
+        if len(self.heads) > 1:
+            table["spread_per_atom"] = (energy / n[:, None]).std(axis=1)
+        if self.auto:
+            table["energy:auto"] = merged["blend"]
+            table["energy_per_atom:auto"] = merged["blend"] / n
+        if self.s.forces:
+            table["max_force"] = merged["max_force"]
+        _atomic_write(self.output, lambda p: _write_table(p, table, self.output.suffix))
+        structures = int(sum(r[0] for r in rates))
+        atoms = int(sum(r[1] for r in rates))
+        wall = max((r[2] for r in rates), default=0.0)
+        summary = {
+            "output": str(self.output), "structures": int(len(table["id"])),
+            "structures_this_run": structures, "atoms_this_run": atoms, "seconds": wall,
+            "structures_per_s": structures / wall if wall > 0 else None,
+            "atoms_per_s": atoms / wall if wall > 0 else None, "ranks": self.size,
+            "device": str(self.device), "precision": self.s.precision, "heads": self.heads,
+            "auto": self.auto, "forces": self.s.forces,
+        }
+        rank_by = self.s.rank_by or (f"energy_per_atom:{'auto' if self.auto else self.heads[0]}")
+        if self.s.top_k:
+            order = np.argsort(table[rank_by], kind="stable")[:self.s.top_k]
+            summary["rank_by"] = rank_by
+            summary["top_k"] = [{c: _plain(table[c][i]) for c in table} for i in order]
+        if len(table["id"]):
+            from .report import energy_histogram
+            histogram = self.output.with_name(self.output.stem + "_energies.png")
+            try:
+                energy_histogram(table, [f"energy_per_atom:{h}" for h in self.heads]
+                                 + (["energy_per_atom:auto"] if self.auto else []), histogram)
+                summary["histogram"] = str(histogram)
+            except Exception as error:  # noqa: BLE001 - a plot never fails a finished run
+                print(f"warning: histogram not written ({type(error).__name__}: {error})")
+        summary_path = self.output.with_name(self.output.stem + "_summary.json")
+        _atomic_write(summary_path, lambda p: p.write_text(json.dumps(summary, indent=1)))
+        return summary
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _save_npz(path: Path, result: dict) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **result)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_table(path: Path, table: dict, suffix: str) -> None:
+    if suffix == ".npz":
+        with open(path, "wb") as handle:
+            np.savez(handle, **table)
+        return
+    if suffix == ".bp":
+        import uuid
+
+        import adios2
+        io = adios2.Adios().declare_io(f"pygfm-screen-{uuid.uuid4().hex}")
+        io.set_engine("BP5")
+        with adios2.Stream(io, str(path), "w") as stream:
+            for key, values in table.items():
+                values = np.asarray(values)
+                if values.dtype.kind == "U":
+                    stream.write_attribute(key, values.tolist() or [""])
+                else:
+                    stream.write(key, np.ascontiguousarray(values))
+        return
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        columns = list(table)
+        writer.writerow(columns)
+        for i in range(len(table["id"])):
+            writer.writerow([_format(table[c][i]) for c in columns])
+
+
+def _format(value):
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.8g}" if math.isfinite(value) else str(float(value))
+    return _plain(value)
+
+
+def screen(settings: ScreenSettings, comm=None) -> dict | None:
+    """Run a screening; returns the summary on rank 0 (None on the others)."""
+    return Screen(settings, comm).run()
