@@ -36,7 +36,7 @@ status=0
 if [[ $what != --bench-only ]]; then
   (cd /tmp && timeout ${TEST_TIMEOUT:-240} python3 -m pytest -c "$repo/pyproject.toml" \
      --rootdir "$repo" -p no:cacheprovider -m gpu -q -rfE --timeout 90 \
-     "$repo/tests/ops" "$repo/tests/nn" "$repo/tests/models" 2>&1) | tee "$out/tests.log" | tail -60
+     "$repo/tests/ops" "$repo/tests/nn" "$repo/tests/models" "$repo/tests/calculator" 2>&1) | tee "$out/tests.log" | tail -60
   status=${PIPESTATUS[0]}
   echo "tests exit $status after $(( $(date +%s) - start )) s"
 fi
