@@ -147,7 +147,12 @@ def _batches(structures: Structures, budget: int, dtype, cutoff, max_neighbors):
 
 def _produce(items, depth: int):
     """Run the generator ``items`` in a thread, ``depth`` ahead; errors are
-    raised in the consumer."""
+    raised in the consumer. ``depth`` 0: no thread (on a CPU the model's
+    OpenMP threads already use every core; a producer beside them was measured
+    to slow both down several times)."""
+    if depth == 0:
+        yield from items
+        return
     results: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -201,6 +206,8 @@ class Screen:
                 raise ScreenError(f"--device {device}: torch sees no GPU")
             if self.device.index is None:
                 self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+        # a producer thread overlaps data preparation with a GPU's work
+        self.depth = 2 if self.device.type != "cpu" else 0
         self.output = Path(settings.output)
         if self.output.suffix not in (".csv", ".bp", ".npz"):
             raise ScreenError(f"--output: {self.output} must end in .csv, .bp (ADIOS2) or .npz")
@@ -251,7 +258,7 @@ class Screen:
         blend = np.zeros(B) if self.auto else None
         items = _batches(structures, self.s.batch_atoms, self.geometry, self.cutoff,
                          self.max_neighbors)
-        for batch, where in _produce(items, depth=2):
+        for batch, where in _produce(items, depth=self.depth):
             batch = batch.to(self.device)
             weights = None
             if self.auto or (self.s.forces and H > 1):
@@ -314,7 +321,8 @@ class Screen:
         started = time.perf_counter()
         structures_done = atoms_done = 0
         # the next chunk's structures are generated in a thread while this one runs
-        for k, structures in _produce(((k, self.input.chunk(k)) for k in mine), depth=1):
+        for k, structures in _produce(((k, self.input.chunk(k)) for k in mine),
+                                      depth=min(self.depth, 1)):
             chunk_started = time.perf_counter()
             result = self._run_chunk(k, structures, bar)
             _atomic_write(self._part(k), lambda p: _save_npz(p, result))
