@@ -52,9 +52,15 @@ def conservative(batch: AtomicBatch, cutoff: float,
         if not inputs:
             return result
         columns = [energy] if energy.dim() == 1 else list(energy.unbind(1))
+        # a batch without atoms (or pairs that reach nothing) has an energy that
+        # does not depend on the inputs: its derivatives are zero
         gradients = [torch.autograd.grad(column.sum(), inputs, create_graph=create_graph,
-                                         retain_graph=create_graph or k + 1 < len(columns))
+                                         retain_graph=create_graph or k + 1 < len(columns),
+                                         allow_unused=True)
+                     if column.requires_grad else (None,) * len(inputs)
                      for k, column in enumerate(columns)]
+        gradients = [tuple(torch.zeros_like(x) if g is None else g
+                           for g, x in zip(grads, inputs)) for grads in gradients]
         if stress:
             volume = torch.linalg.det(batch.cell).abs()
             # a structure without a 3D cell has no volume: its entry is dE/d(strain)

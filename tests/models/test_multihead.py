@@ -212,3 +212,19 @@ def test_bad_checkpoints_are_named(tmp_path):
     torch.save(content, tmp_path / "future.pt")
     with pytest.raises(ValueError, match="version 99"):
         pygfm.load(tmp_path / "future.pt")
+
+
+def test_predict_on_structures_without_atoms():
+    """A batch of empty structures has energy 0 and no forces (no autograd error)."""
+    import ase
+
+    from pygfm.models import MultiHeadModel
+    from pygfm.nn import PaiNN
+
+    torch.manual_seed(0)
+    model = MultiHeadModel(PaiNN(n_features=8, n_interactions=1), ["a", "b"]).double()
+    out = model.predict([ase.Atoms()], head="a")
+    assert out["energy"].tolist() == [0.0] and out["forces"][0].shape == (0, 3)
+    both = model.predict([ase.Atoms(), ase.Atoms("H")], head="all")
+    assert both["energy"].shape == (2, 2) and (both["energy"][0] == 0).all()
+    assert (both["energy"][1] != 0).all()
