@@ -156,6 +156,28 @@ class MultiHeadModel(nn.Module):
                 start += count
         return out + self.reference[atom_head, numbers]
 
+    def _all_atoms_energies(self, s: torch.Tensor, numbers: torch.Tensor,
+                            selected: Sequence[int]) -> torch.Tensor:
+        """[N, H] eV: every atom through every head of ``selected``. Two-layer heads
+        run stacked (one GEMM for all first layers, one batched product for the
+        second), with no per-head host syncs; other shapes run head by head."""
+        heads = [self.heads[k] for k in selected]
+        index = torch.as_tensor(list(selected), device=s.device)
+        stackable = all(len(h.layers) == 2 and h.layers[1].out_features == 1 for h in heads)
+        if stackable:
+            first = torch.cat([h.layers[0].weight for h in heads])               # [H*K, F]
+            bias = torch.cat([h.layers[0].bias for h in heads])
+            hidden = heads[0].activation(torch.nn.functional.linear(s, first, bias))
+            hidden = hidden.view(s.shape[0], len(heads), first.shape[0] // len(heads))
+            second = torch.stack([h.layers[1].weight[0] for h in heads])         # [H, K]
+            out = torch.einsum("nhk,hk->nh", hidden, second)
+            if heads[0].layers[1].bias is not None:
+                out = out + torch.cat([h.layers[1].bias for h in heads])
+        else:
+            out = torch.stack([h(s).squeeze(-1) for h in heads], dim=1)
+        out = out.to(self.scale.dtype) * self.scale[index]
+        return out + self.reference[index][:, numbers].t()
+
     def _direct_forces(self, v: torch.Tensor, atom_head: torch.Tensor) -> torch.Tensor:
         """[N, 3] eV/Å from the direct force heads, atom i through head atom_head[i]."""
         out = torch.zeros(v.shape[0], 3, dtype=self.scale.dtype, device=v.device)
@@ -221,14 +243,13 @@ class MultiHeadModel(nn.Module):
                     extra["direct_forces"] = self._direct_forces(v, atom_head)
                 atomic = self._atomic_energies(s, batch.numbers, atom_head)
                 return segment_sum(atomic, batch.ptr)
-            columns, direct = [], []
-            for index in selected:
-                atom_head = torch.full_like(batch.numbers, index)
-                columns.append(segment_sum(self._atomic_energies(s, batch.numbers, atom_head),
-                                           batch.ptr))
-                if direct_forces:
+            direct = []
+            energy = segment_sum(self._all_atoms_energies(s, batch.numbers, selected),
+                                 batch.ptr)  # [B, H]
+            if direct_forces:
+                for index in selected:
+                    atom_head = torch.full_like(batch.numbers, index)
                     direct.append(self._direct_forces(v, atom_head))
-            energy = torch.stack(columns, dim=1)
             if direct_forces:
                 extra["direct_forces"] = direct[0] if single else torch.stack(direct)
             return energy[:, 0] if single else energy

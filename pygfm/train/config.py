@@ -85,7 +85,7 @@ SCHEMA: dict[str, Any] = {
         "cutoff": Field(float, 5.0, "radial cutoff (Å)", minimum=0.0, exclusive_minimum=True),
         "n_rbf": Field(int, 20, "radial basis functions", minimum=1),
         "radial_basis": Field(str, "gaussian", "", choices=("gaussian", "sinc")),
-        "activation": Field(str, "silu", "", choices=("silu", "ssp", "tanh", "gelu")),
+        "activation": Field(str, "silu", "", choices=("silu", "shifted_softplus", "tanh")),
         "shared_interactions": Field(bool, False, ""),
         "shared_filters": Field(bool, False, ""),
         "head_hidden": Field(int, None, "hidden width of each head (default n_features/2)",
