@@ -9,7 +9,9 @@ chunks it finished. Specs:
   the SC26 benchmark generator as HydraGNN defines it: N structures, each with
   a number of atoms uniform in [min_atoms, max_atoms], atomic numbers uniform
   in 1..94 (or over ``elements``), positions uniform in a ``box`` Å cube, not
-  periodic. Structure k depends only on (seed, k).
+  periodic. Chunk k depends only on (seed, chunk size, k), not on N: structure
+  j is the same in every run with the same seed and chunk size (a resumed run
+  must keep its chunk size; the driver checks).
 * ``substitutions:TEMPLATE:EL1.EL2...[,sites=SYMBOL]``: every decoration of
   the template cell's sites (all sites, or those holding SYMBOL) by the given
   elements: len(elements)^sites structures, enumerated lazily in a fixed
@@ -84,7 +86,6 @@ def _elements(spec: str, text: str) -> np.ndarray:
 class ScreenInput:
     """Base: ``len(self)`` structures (or None when unknown), ``chunk(k)``."""
 
-    cutoff_override: float | None = None
     max_neighbors: int | None = None
 
     def __init__(self, spec: str, chunk_size: int):
@@ -108,10 +109,13 @@ class RandomInput(ScreenInput):
         super().__init__(spec, chunk_size)
         head, _, rest = spec[len("random:"):].partition(",")
         try:
-            self.count = int(float(head))
-        except ValueError:
+            value = float(head)
+            self.count = int(value)
+        except (ValueError, OverflowError):  # not a number, nan, inf
             raise InputError(f"{spec}: expected random:N (a number of structures), "
                              f"got {head!r}") from None
+        if self.count != value:
+            raise InputError(f"{spec}: N must be a whole number, got {head!r}")
         if self.count < 1:
             raise InputError(f"{spec}: N must be >= 1")
         options = _options(spec, rest, {"seed": int, "min_atoms": int, "max_atoms": int,
@@ -122,8 +126,10 @@ class RandomInput(ScreenInput):
         self.box = options.get("box", 10.0)
         if not 1 <= self.min_atoms <= self.max_atoms:
             raise InputError(f"{spec}: need 1 <= min_atoms <= max_atoms")
-        if not self.box > 0:
-            raise InputError(f"{spec}: box must be > 0")
+        if not 0 < self.box < math.inf:
+            raise InputError(f"{spec}: box must be > 0 (and finite)")
+        if self.seed < 0:
+            raise InputError(f"{spec}: seed must be >= 0")
         self.elements = _elements(spec, options["elements"]) if "elements" in options \
             else np.arange(1, 95, dtype=np.int64)
 
@@ -133,17 +139,27 @@ class RandomInput(ScreenInput):
     def chunk(self, k: int) -> Structures:
         start = k * self.chunk_size
         stop = min(start + self.chunk_size, self.count)
-        rng = np.random.default_rng([self.seed, k])
-        counts = rng.integers(self.min_atoms, self.max_atoms + 1, stop - start)
+        # one stream per quantity: the B structures of a last, short chunk are
+        # then the first B of the full chunk (random:10 starts like random:1000)
+        counts = np.random.default_rng([self.seed, k, 0]).integers(
+            self.min_atoms, self.max_atoms + 1, stop - start)
         total = int(counts.sum())
-        numbers = self.elements[rng.integers(0, len(self.elements), total)]
-        positions = rng.uniform(0.0, self.box, (total, 3))
+        numbers = self.elements[np.random.default_rng([self.seed, k, 1]).integers(
+            0, len(self.elements), total)]
+        positions = np.random.default_rng([self.seed, k, 2]).uniform(0.0, self.box, (total, 3))
         B = stop - start
         return Structures(numbers, positions, counts, np.zeros((B, 3, 3)),
                           np.zeros((B, 3), dtype=bool), np.arange(start, stop))
 
 
 def _template(spec: str, text: str):
+    atoms = _read_template(spec, text)
+    if not len(atoms):
+        raise InputError(f"{spec}: template {text!r} has no atoms")
+    return atoms
+
+
+def _read_template(spec: str, text: str):
     import ase.io
     from ase.build import bulk
 
