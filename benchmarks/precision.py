@@ -26,7 +26,6 @@ import platform
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import pygfm

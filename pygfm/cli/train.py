@@ -51,11 +51,12 @@ def _stage(config_path, overrides, run_dir: Path, args, parallel):
         from pygfm.train.config import dump_config
         print(dump_config(config), end="")
         return None
-    if (run_dir / "summary.json").exists() and args.resume:
+    import json
+    done = run_dir / "summary.json"
+    if args.resume and done.exists() and json.loads(done.read_text()).get("complete"):
         if parallel.is_main:
             print(f"{run_dir}: already finished (summary.json); skipping", flush=True)
-        import json
-        return json.loads((run_dir / "summary.json").read_text())
+        return json.loads(done.read_text())
     resume = args.resume and (run_dir / "last.pt").exists()
     if not args.resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run (last.pt); continue it with "
@@ -103,8 +104,8 @@ def main(argv=None) -> int:
                       f"-> {finetune_dir}", flush=True)
             overrides = list(args.overrides) + [
                 f"finetune.init_from={(run_dir / 'best.pt').resolve()}"]
-            # settings of the first stage's model do not apply to a fine-tune
-            overrides = [o for o in overrides if not o.startswith("model.")]
+            # the first stage's model and datasets are not the fine-tune's
+            overrides = [o for o in overrides if not o.startswith(("model.", "datasets"))]
             _stage(DEMO_FINETUNE_CONFIG, overrides, finetune_dir, args, parallel)
         parallel.close()
         return 0
@@ -118,9 +119,17 @@ def main(argv=None) -> int:
         if not isinstance(error, (ConfigError, FileExistsError, FileNotFoundError)):
             traceback.print_exc()
         print(f"pygfm-train{rank}: error: {error}", file=sys.stderr, flush=True)
+        code = 2 if isinstance(error, ConfigError) else 1
         if parallel is not None and parallel.size > 1:
-            parallel.abort(1)
-        return 2 if isinstance(error, ConfigError) else 1
+            parallel.abort(code)
+        from pygfm.distributed import launched_by_mpi
+        if parallel is None and launched_by_mpi():  # failed before the ranks met
+            try:
+                from mpi4py import MPI
+                MPI.COMM_WORLD.Abort(code)
+            except ImportError:
+                pass
+        return code
 
 
 if __name__ == "__main__":

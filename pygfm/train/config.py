@@ -5,7 +5,7 @@ so a config names only what it changes. Loading checks every key: an unknown
 key, a value of the wrong type or out of range, or a dataset or checkpoint file
 that does not exist is an error naming the key (``training.lr``,
 ``datasets[2].path``). ``--set key=value`` overrides use the same dotted keys
-and the same checks; values are parsed as YAML (``--set training.lr=3e-4``).
+and the same checks; values are parsed as YAML (``--set optimizer.lr=3e-4``).
 
 The resolved config (defaults filled in, overrides applied) is saved in the run
 directory as ``config.yaml``, and in every checkpoint.
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,11 @@ def _check_value(key: str, spec: Field, value, base: Path | None):
             else:
                 raise ConfigError(f"{key}: expected an integer, got {value!r}")
     elif kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
@@ -202,6 +208,8 @@ def _check_value(key: str, spec: Field, value, base: Path | None):
             if not path.exists():
                 raise ConfigError(f"{key}: {path} does not exist")
             value = str(path)
+    if key == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ConfigError(f"{key}: must be auto, cpu, cuda or cuda:N, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"{key}: must be one of {', '.join(map(str, spec.choices))}, "
                           f"got {value!r}")
@@ -322,23 +330,28 @@ def apply_overrides(given: dict, overrides) -> dict:
     out = copy.deepcopy(given or {})
     for text in overrides or []:
         parts, value = _parse_override(text)
+        key_text = text.split("=", 1)[0].strip()
         target = out
         for depth, part in enumerate(parts[:-1]):
             name = ".".join(parts[:depth + 1])
             if isinstance(target, list):
                 if not part.isdigit() or int(part) >= len(target):
-                    raise ConfigError(f"--set {'.'.join(parts)}: {name}: no such dataset index")
+                    raise ConfigError(f"--set {key_text}: no such dataset index [{part}] (the config "
+                                      f"lists {len(target)})")
+                if isinstance(target[int(part)], str):  # a bare path: make it a mapping
+                    target[int(part)] = {"path": target[int(part)]}
                 target = target[int(part)]
                 continue
             if not isinstance(target, dict):
-                raise ConfigError(f"--set {'.'.join(parts)}: {name} is not a section")
+                raise ConfigError(f"--set {key_text}: {name} is not a section")
             if not isinstance(target.get(part), (dict, list)):
                 target[part] = [] if part == "datasets" else {}
             target = target[part]
         last = parts[-1]
         if isinstance(target, list):
             if not last.isdigit() or int(last) >= len(target):
-                raise ConfigError(f"--set {'.'.join(parts)}: no such dataset index")
+                raise ConfigError(f"--set {key_text}: no such dataset index [{last}] (the config lists "
+                                  f"{len(target)})")
             target[int(last)] = value
         else:
             target[last] = value

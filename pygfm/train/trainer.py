@@ -514,7 +514,10 @@ class Trainer:
         row = {"step": state["step"], "epoch": state["epoch"],
                "elapsed_s": state["elapsed"] + time.perf_counter() - started,
                "lr": self.optimizer.param_groups[-1]["lr"],
-               "train_loss": float(summed[0] / summed[1]) if summed[1] else float("nan"),
+               # each rank's loss is its share of the global batch's loss: the
+               # loss of a step is their sum, so divide by the steps of one rank
+               "train_loss": float(summed[0] / (summed[1] / self.parallel.size))
+               if summed[1] else float("nan"),
                "val_objective": objective}
         for name in self.names:
             for split, metrics in (("train", train), ("val", validation)):
@@ -720,7 +723,8 @@ def train(config: dict, run_dir, *, resume: bool = False, progress: bool = True,
                               resume=resume and (scratch_dir / "last.pt").exists(),
                               progress=progress, parallel=trainer.parallel).fit()
             summary["scratch"] = scratch
-        if trainer.parallel.is_main:
-            write_json_atomic(run_dir / "summary.json", summary)
-            _write_text_atomic(run_dir / "summary.md", summary_markdown(summary))
+    summary["complete"] = True  # pygfm-train --resume skips a stage only when set
+    if trainer.parallel.is_main:
+        write_json_atomic(run_dir / "summary.json", summary)
+        _write_text_atomic(run_dir / "summary.md", summary_markdown(summary))
     return summary
