@@ -141,20 +141,25 @@ class MultiHeadModel(nn.Module):
             setattr(self, name, old.to(device=new.device))
         return self
 
-    def _atomic_energies(self, s: torch.Tensor, numbers: torch.Tensor,
-                         atom_head: torch.Tensor) -> torch.Tensor:
-        """[N] eV: atom i through head atom_head[i], grouped by head."""
-        out = torch.zeros(s.shape[0], dtype=self.scale.dtype, device=s.device)
+    def _through_heads(self, modules, x: torch.Tensor, atom_head: torch.Tensor):
+        """Row i of ``x`` through ``modules[atom_head[i]]``, times that head's
+        scale, grouped by head (one call per head present): [N] or [N, 3]."""
+        out = torch.zeros(x.shape[0], *x.shape[1:-1], dtype=self.scale.dtype, device=x.device)
         order = torch.argsort(atom_head, stable=True)
         counts = torch.bincount(atom_head, minlength=len(self.heads)).tolist()
         start = 0
         for index, count in enumerate(counts):
             if count:
                 rows = order[start:start + count]
-                value = self.heads[index](s[rows]).squeeze(-1).to(out.dtype)
+                value = modules[index](x[rows]).squeeze(-1).to(out.dtype)
                 out = out.index_put((rows,), value * self.scale[index])
                 start += count
-        return out + self.reference[atom_head, numbers]
+        return out
+
+    def _atomic_energies(self, s: torch.Tensor, numbers: torch.Tensor,
+                         atom_head: torch.Tensor) -> torch.Tensor:
+        """[N] eV: atom i through head atom_head[i]."""
+        return self._through_heads(self.heads, s, atom_head) + self.reference[atom_head, numbers]
 
     def _all_atoms_energies(self, s: torch.Tensor, numbers: torch.Tensor,
                             selected: Sequence[int]) -> torch.Tensor:
@@ -180,17 +185,7 @@ class MultiHeadModel(nn.Module):
 
     def _direct_forces(self, v: torch.Tensor, atom_head: torch.Tensor) -> torch.Tensor:
         """[N, 3] eV/Å from the direct force heads, atom i through head atom_head[i]."""
-        out = torch.zeros(v.shape[0], 3, dtype=self.scale.dtype, device=v.device)
-        order = torch.argsort(atom_head, stable=True)
-        counts = torch.bincount(atom_head, minlength=len(self.heads)).tolist()
-        start = 0
-        for index, count in enumerate(counts):
-            if count:
-                rows = order[start:start + count]
-                value = self.force_heads[index](v[rows]).squeeze(-1).to(out.dtype)
-                out = out.index_put((rows,), value * self.scale[index])
-                start += count
-        return out
+        return self._through_heads(self.force_heads, v, atom_head)
 
     def forward(self, batch: AtomicBatch, heads=None, *, forces: bool = True,
                 stress: bool = False, dataset_heads: Sequence[int] | None = None,
@@ -246,10 +241,9 @@ class MultiHeadModel(nn.Module):
             direct = []
             energy = segment_sum(self._all_atoms_energies(s, batch.numbers, selected),
                                  batch.ptr)  # [B, H]
-            if direct_forces:
-                for index in selected:
-                    atom_head = torch.full_like(batch.numbers, index)
-                    direct.append(self._direct_forces(v, atom_head))
+            if direct_forces:  # every atom through each selected head
+                direct = [self.force_heads[k](v).squeeze(-1).to(self.scale.dtype)
+                          * self.scale[k] for k in selected]
             if direct_forces:
                 extra["direct_forces"] = direct[0] if single else torch.stack(direct)
             return energy[:, 0] if single else energy

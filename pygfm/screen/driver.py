@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data import AtomicBatch
+from ..data.loader import _background
 from ..ops import neighbor_list
 from .inputs import InputError, ScreenInput, Structures, open_input
 
@@ -148,45 +147,13 @@ def _batches(structures: Structures, budget: int, dtype, cutoff, max_neighbors):
 
 
 def _produce(items, depth: int):
-    """Run the generator ``items`` in a thread, ``depth`` ahead; errors are
-    raised in the consumer. ``depth`` 0: no thread (on a CPU the model's
-    OpenMP threads already use every core; a producer beside them was measured
-    to slow both down several times)."""
+    """Iterate ``items`` in a thread, ``depth`` ahead (the loader's prefetch
+    thread); errors are raised in the consumer. ``depth`` 0: no thread (on a CPU
+    the model's OpenMP threads already use every core; a producer beside them
+    was measured to slow both down)."""
     if depth == 0:
-        yield from items
-        return
-    results: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def work():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        results.put((True, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
-            results.put((False, error))
-            return
-        results.put((True, done))
-
-    thread = threading.Thread(target=work, name="pygfm-screen-producer", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, value = results.get()
-            if not ok:
-                raise value
-            if value is done:
-                return
-            yield value
-    finally:
-        stop.set()
+        return iter(items)
+    return _background(lambda item: item, items, depth)
 
 
 # ------------------------------------------------------------------ the run
