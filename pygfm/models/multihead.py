@@ -40,8 +40,8 @@ class MultiHeadModel(nn.Module):
 
     def __init__(self, representation: PaiNN, heads: Sequence[str], *,
                  normalization: Mapping[str, Mapping] | None = None,
-                 head_hidden: int | None = None, activation: str = "silu",
-                 direct_forces: bool = False):
+                 head_hidden: int | None = None, head_layers: int = 1,
+                 activation: str = "silu", direct_forces: bool = False):
         super().__init__()
         heads = list(heads)
         if not heads:
@@ -50,12 +50,15 @@ class MultiHeadModel(nn.Module):
             raise ValueError(f"heads: names must be unique, got {heads}")
         self.representation = representation
         self.head_names = heads
-        self.head_config = dict(head_hidden=head_hidden, activation=activation,
-                                direct_forces=bool(direct_forces))
+        if int(head_layers) < 1:
+            raise ValueError(f"head_layers: at least one hidden layer, got {head_layers}")
+        self.head_config = dict(head_hidden=head_hidden, head_layers=int(head_layers),
+                                activation=activation, direct_forces=bool(direct_forces))
         features = representation.n_features
         hidden = head_hidden or max(features // 2, 1)
         # ModuleDict keys may not contain "."; heads are stored by position
-        self.heads = nn.ModuleList(MLP([features, hidden, 1], activation) for _ in heads)
+        sizes = [features] + [hidden] * int(head_layers) + [1]
+        self.heads = nn.ModuleList(MLP(sizes, activation) for _ in heads)
         # optional direct (non-conservative) force heads: F_i = scale * (v_i @ w), an
         # equivariant readout of the vector features; no backward pass needed
         self.force_heads = nn.ModuleList(nn.Linear(features, 1, bias=False) for _ in heads) \

@@ -91,6 +91,7 @@ SCHEMA: dict[str, Any] = {
         "shared_filters": Field(bool, False, ""),
         "head_hidden": Field(int, None, "hidden width of each head (default n_features/2)",
                              optional=True, minimum=1),
+        "head_layers": Field(int, 1, "hidden layers of each head (its depth)", minimum=1),
         "direct_forces": Field(bool, False, "also train a direct (non-conservative) force "
                                "head per dataset, for fast screening"),
     },

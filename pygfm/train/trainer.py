@@ -189,8 +189,8 @@ def _build_model(config: dict, names: list, statistics: dict):
                       activation=m["activation"], shared_interactions=m["shared_interactions"],
                       shared_filters=m["shared_filters"])
         model = MultiHeadModel(trunk, names, normalization=statistics,
-                               head_hidden=m["head_hidden"], activation=m["activation"],
-                               direct_forces=m["direct_forces"])
+                               head_hidden=m["head_hidden"], head_layers=m["head_layers"],
+                               activation=m["activation"], direct_forces=m["direct_forces"])
         return model, list(names)
     try:
         content = load_checkpoint(init)

@@ -228,3 +228,26 @@ def test_predict_on_structures_without_atoms():
     both = model.predict([ase.Atoms(), ase.Atoms("H")], head="all")
     assert both["energy"].shape == (2, 2) and (both["energy"][0] == 0).all()
     assert (both["energy"][1] != 0).all()
+
+
+def test_deeper_heads_route_stack_and_round_trip(tmp_path):
+    """head_layers=3: each head has three hidden layers; routed, all-heads (not
+    stackable: the per-head path) and a checkpoint round trip agree."""
+    import pygfm
+    from pygfm.models import save_checkpoint
+
+    model = _model(head_layers=3, head_hidden=6)
+    assert all(len(head.layers) == 4 for head in model.heads)
+    assert [layer.out_features for layer in model.heads[0].layers] == [6, 6, 6, 1]
+    structures = _structures()
+    datasets = [2, 0, 1, 2, 0, 1, 2]
+    batch = _batch(structures, datasets)
+    routed = model(batch, forces=False)["energy"]
+    every = model(_batch(structures, datasets), "all", forces=False)["energy"]
+    assert torch.allclose(routed, every[torch.arange(7), torch.as_tensor(datasets)], rtol=1e-12)
+    loaded = pygfm.load(save_checkpoint(model, tmp_path / "deep.pt"))
+    assert loaded.head_config["head_layers"] == 3
+    assert np.array_equal(loaded.predict(structures, "dft")["energy"],
+                          model.predict(structures, "dft")["energy"])
+    with pytest.raises(ValueError, match="head_layers"):
+        _model(head_layers=0)
