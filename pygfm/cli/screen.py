@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=4096, help="structures per chunk "
                         "(the unit of sharding and of resuming)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--neighbors", default="auto", choices=("auto", "host", "device"),
+                        help="where neighbor lists are built: host (CPU, in the producer), "
+                        "device (the model's), auto: device on a GPU")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -53,7 +56,8 @@ def main(argv=None) -> int:
                                   heads=args.heads, forces=args.forces, top_k=args.top_k,
                                   rank_by=args.rank_by, precision=args.precision,
                                   batch_atoms=args.batch_atoms, chunk=args.chunk,
-                                  device=args.device, progress=not args.quiet)
+                                  device=args.device, neighbors=args.neighbors,
+                                  progress=not args.quiet)
         summary = screen(settings, comm)
     except ScreenError as error:
         print(f"pygfm-screen: error: {error}", file=sys.stderr, flush=True)

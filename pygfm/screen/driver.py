@@ -53,6 +53,7 @@ class ScreenSettings:
     device: str = "auto"
     cutoff: float | None = None
     max_neighbors: int | None = None
+    neighbors: str = "auto"        # where neighbor lists are built: auto, host or device
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -60,19 +61,43 @@ class ScreenSettings:
 # ------------------------------------------------------------------ helpers
 def _hill_formulas(numbers: np.ndarray, counts: np.ndarray) -> list[str]:
     """Hill formulas (C, H, then the rest alphabetically; without C all
-    alphabetically) of the structures of a chunk."""
+    alphabetically, as ase's ``get_chemical_formula("hill")``) of the structures
+    of a chunk. Vectorized: one element-count table, the pieces of all
+    structures decoded as one string, then cut per structure (SC26 structures
+    hold ~90 elements each; a Python loop over them cost a sixth of a GPU run)."""
     from ase.data import chemical_symbols
 
-    out, start = [], 0
-    for n in counts:
-        present = np.bincount(numbers[start:start + n])
-        start += n
-        elements = [int(k) for k in np.flatnonzero(present)]
-        first = [z for z in (6, 1) if 6 in elements and z in elements]
-        rest = sorted((z for z in elements if z not in first), key=lambda z: chemical_symbols[z])
-        out.append("".join(chemical_symbols[z] + (str(present[z]) if present[z] > 1 else "")
-                           for z in first + rest))
-    return out
+    counts = np.asarray(counts, dtype=np.int64)
+    B = len(counts)
+    if B == 0:
+        return []
+    numbers = np.asarray(numbers, dtype=np.int64)
+    Z = len(chemical_symbols)
+    owner = np.repeat(np.arange(B), counts)
+    table = np.bincount(owner * Z + numbers, minlength=B * Z).reshape(B, Z)
+    alphabetical = np.array(sorted(range(1, Z), key=lambda z: chemical_symbols[z]))
+    carbon_first = np.concatenate(([6, 1], alphabetical[(alphabetical != 6) & (alphabetical != 1)]))
+    order = np.where((table[:, 6] > 0)[:, None], carbon_first[None, :], alphabetical[None, :])
+    ordered = np.take_along_axis(table, order, axis=1)
+    rows, columns = np.nonzero(ordered)  # row-major: structure by structure, in Hill order
+    z = order[rows, columns]
+    c = ordered[rows, columns]
+    # each piece ("Cu", "H2") as a row of UTF-32 code points, zero-padded; the rows of
+    # all structures, zeros dropped, decode to one string cut per structure
+    width = len(str(int(c.max()))) if len(c) else 1
+    symbols = np.zeros((Z, 2), dtype=np.uint32)
+    for k, symbol in enumerate(chemical_symbols):
+        symbols[k, :len(symbol)] = [ord(ch) for ch in symbol]
+    digits = np.zeros((int(c.max(initial=1)) + 1, width), dtype=np.uint32)
+    for n in range(2, len(digits)):
+        text = str(n)
+        digits[n, :len(text)] = [ord(ch) for ch in text]
+    codes = np.concatenate((symbols[z], digits[c]), axis=1)
+    keep = codes != 0
+    text = codes[keep].astype("<u4").tobytes().decode("utf-32-le")
+    ends = np.cumsum(np.bincount(rows, weights=keep.sum(axis=1), minlength=B)).astype(np.int64)
+    starts = np.concatenate(([0], ends[:-1]))
+    return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -123,8 +148,11 @@ def _load_model(path: str, device: torch.device, precision: str):
 
 
 # ------------------------------------------------------------------ batches
-def _batches(structures: Structures, budget: int, dtype, cutoff, max_neighbors):
-    """(batch, slice of the chunk's structures) pairs, each <= budget atoms."""
+def _batches(structures: Structures, budget: int, dtype, cutoff, max_neighbors,
+             neighbors: bool = True):
+    """(batch, slice of the chunk's structures) pairs, each <= budget atoms; with
+    their neighbor lists unless ``neighbors`` is False (then the consumer builds
+    them on the model's device: :func:`_with_neighbors`)."""
     counts = structures.counts
     offsets = np.concatenate(([0], np.cumsum(counts)))
     start = 0
@@ -139,11 +167,17 @@ def _batches(structures: Structures, budget: int, dtype, cutoff, max_neighbors):
             numbers=torch.as_tensor(structures.numbers[a0:a1], dtype=torch.int64),
             cell=torch.as_tensor(structures.cell[start:stop], dtype=dtype),
             pbc=torch.as_tensor(structures.pbc[start:stop], dtype=torch.bool), ptr=ptr)
-        pairs = neighbor_list(batch.positions, cutoff, batch.cell, batch.pbc, batch.ptr,
-                              max_neighbors=max_neighbors)
-        from dataclasses import replace
-        yield replace(batch, neighbors=pairs, neighbor_cutoff=float(cutoff)), slice(start, stop)
+        yield (_with_neighbors(batch, cutoff, max_neighbors) if neighbors else batch,
+               slice(start, stop))
         start = stop
+
+
+def _with_neighbors(batch: AtomicBatch, cutoff, max_neighbors) -> AtomicBatch:
+    from dataclasses import replace
+
+    pairs = neighbor_list(batch.positions, cutoff, batch.cell, batch.pbc, batch.ptr,
+                          max_neighbors=max_neighbors)
+    return replace(batch, neighbors=pairs, neighbor_cutoff=float(cutoff))
 
 
 def _produce(items, depth: int):
@@ -183,6 +217,14 @@ class Screen:
                 self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
         # a producer thread overlaps data preparation with a GPU's work
         self.depth = 2 if self.device.type != "cpu" else 0
+        if settings.neighbors not in ("auto", "host", "device"):
+            raise ScreenError(f"--neighbors: must be auto, host or device, got "
+                              f"{settings.neighbors!r}")
+        # neighbor lists on the model's device (auto: on a GPU): SC26 structures are
+        # dense (~130 candidates per atom, the nearest 20 kept), which one CPU core
+        # lists at ~860 structures/s, far below what the model does on a GPU
+        self.neighbors_on_device = settings.neighbors == "device" or (
+            settings.neighbors == "auto" and self.device.type != "cpu")
         self.output = Path(settings.output)
         if self.output.suffix not in (".csv", ".bp", ".npz"):
             raise ScreenError(f"--output: {self.output} must end in .csv, .bp (ADIOS2) or .npz")
@@ -225,16 +267,25 @@ class Screen:
     def _part(self, k: int) -> Path:
         return self.parts / f"chunk-{k:09d}.npz"
 
-    def _run_chunk(self, k: int, structures: Structures, bar) -> dict:
+    def _chunks(self, mine):
+        """(k, structures, formulas) of each chunk: on a GPU made in a thread one
+        chunk ahead, so generation and formulas overlap the model."""
+        for k in mine:
+            structures = self.input.chunk(k)
+            yield k, structures, _hill_formulas(structures.numbers, structures.counts)
+
+    def _run_chunk(self, k: int, structures: Structures, formulas: list, bar) -> dict:
         B = len(structures)
         H = len(self.heads)
         energy = np.zeros((B, H))
         max_force = np.zeros(B) if self.s.forces else None
         blend = np.zeros(B) if self.auto else None
         items = _batches(structures, self.s.batch_atoms, self.geometry, self.cutoff,
-                         self.max_neighbors)
+                         self.max_neighbors, neighbors=not self.neighbors_on_device)
         for batch, where in _produce(items, depth=self.depth):
             batch = batch.to(self.device)
+            if self.neighbors_on_device:
+                batch = _with_neighbors(batch, self.cutoff, self.max_neighbors)
             weights = None
             if self.auto or (self.s.forces and H > 1):
                 weights = self.model.head_weights(batch.numbers, batch.ptr, self.head_index) \
@@ -258,7 +309,7 @@ class Screen:
             if bar is not None:
                 bar.update(batch.num_structures * self.size)
         result = {"id": structures.ids, "n_atoms": structures.counts.astype(np.int64),
-                  "formula": np.array(_hill_formulas(structures.numbers, structures.counts)),
+                  "formula": np.array(formulas),
                   "energy": energy}
         if blend is not None:
             result["blend"] = blend
@@ -301,10 +352,9 @@ class Screen:
         started = time.perf_counter()
         structures_done = atoms_done = 0
         # the next chunk's structures are generated in a thread while this one runs
-        for k, structures in _produce(((k, self.input.chunk(k)) for k in mine),
-                                      depth=min(self.depth, 1)):
+        for k, structures, formulas in _produce(self._chunks(mine), depth=min(self.depth, 1)):
             chunk_started = time.perf_counter()
-            result = self._run_chunk(k, structures, bar)
+            result = self._run_chunk(k, structures, formulas, bar)
             _atomic_write(self._part(k), lambda p: _save_npz(p, result))
             structures_done += len(structures)
             atoms_done += int(structures.counts.sum())

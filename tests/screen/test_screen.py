@@ -21,6 +21,8 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import pygfm
@@ -146,6 +148,24 @@ def test_hill_formulas():
     got = _hill_formulas(numbers, np.array([len(a) for a in molecules]))
     assert got == ["ClHNa", "CH4O", "CuH2O", "Cu", "C2", "H2", "ClNa"]
     assert got == [hill(a) for a in molecules]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 118), min_size=0, max_size=40), min_size=1,
+                max_size=12), st.booleans())
+def test_hill_formulas_of_random_structures(structures, with_carbon):
+    """Any elements, repeated counts, empty structures, one structure: as the
+    one-by-one definition."""
+    from ase import Atoms
+
+    from pygfm.screen.driver import _hill_formulas
+
+    if with_carbon:
+        structures = [s + [6] for s in structures]
+    atoms = [Atoms(numbers=s) for s in structures]
+    numbers = np.array([z for s in structures for z in s], dtype=np.int64)
+    assert _hill_formulas(numbers, np.array([len(s) for s in structures])) == \
+        [hill(a) for a in atoms]
 
 
 def reference(model, structures, heads=HEADS) -> dict:
@@ -330,8 +350,11 @@ def test_fp32_and_bf16_are_close_to_fp64(tmp_path, files, capsys):
     np.testing.assert_allclose(tables["bf16"], tables["fp64"], rtol=0.05)
 
 
-def test_random_input_matches_the_model_with_sc26_neighbors(tmp_path, files, model, capsys):
-    """random:N is screened with SC26's at most 20 neighbors per atom."""
+@pytest.mark.parametrize("neighbors", ["host", "device"])
+def test_random_input_matches_the_model_with_sc26_neighbors(tmp_path, files, model, neighbors,
+                                                             capsys):
+    """random:N is screened with SC26's at most 20 neighbors per atom, whether the
+    lists are built in the producer (host) or beside the model (device)."""
     from dataclasses import replace
 
     from pygfm.ops import neighbor_list
@@ -341,7 +364,8 @@ def test_random_input_matches_the_model_with_sc26_neighbors(tmp_path, files, mod
     spec = "random:9,seed=4,min_atoms=20,max_atoms=60,box=6"
     output = tmp_path / "r.npz"
     assert cli("--model", files["model"], "--input", spec, "--output", output, "--chunk", 4,
-               "--precision", "fp64", "--heads", "metals", capsys=capsys)[0] == 0
+               "--precision", "fp64", "--heads", "metals", "--neighbors", neighbors,
+               capsys=capsys)[0] == 0
     table = read_table(output)
     source = open_input(spec, 4)  # the chunk size of the run
     chunks = [source.chunk(k) for k in range(source.num_chunks)]
