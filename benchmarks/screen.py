@@ -14,9 +14,10 @@ pass), as ``pygfm-screen --forces`` computes them.
 
 "model" rows time the model alone on prebuilt batches (neighbor lists
 included in the batches); codes and precisions alternate within each
-repetition, medians shown. The "end to end" row runs ``pygfm-screen``'s
-driver on a fresh input (generation, neighbor lists in the producer thread,
-model, result files) and reports its own wall-clock throughput.
+repetition, medians shown. The "end to end" rows run ``pygfm-screen``'s
+driver on a fresh input (generation, neighbor lists, model, result files) and
+report its own wall-clock throughput; on a GPU twice, with the neighbor lists
+built on the host (in the producer thread) and on the device (beside the model).
 
 Run on a quiet machine:  python benchmarks/screen.py [--device cuda] [--structures 64]
 """
@@ -69,7 +70,8 @@ def main():
     parser.add_argument("--features", type=int, default=128)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--end-to-end", type=int, default=None,
-                        help="structures for the driver run (default 4x --structures)")
+                        help="structures for the driver runs (default 4x --structures; "
+                        "16,384 on a GPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -109,19 +111,26 @@ def main():
             sync(device)
             times[case].append(time.perf_counter() - start)
 
-    # end to end: the driver on a fresh input (fp32, energy + forces)
-    count = args.end_to_end or 4 * args.structures
+    # end to end: the driver on a fresh input (fp32, energy, then energy + forces),
+    # neighbor lists in the producer on the CPU (host) and, on a GPU, beside the model
+    count = args.end_to_end or (16384 if device.type == "cuda" else 4 * args.structures)
+    placements = ("host", "device") if device.type == "cuda" else ("host",)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model.float(), Path(tmp) / "model.pt")
         driver = {}
+
+        def drive(forces, where, n, name):
+            settings = ScreenSettings(model=str(checkpoint), input=f"random:{n},seed=11",
+                                      output=str(Path(tmp) / f"{name}.npz"), forces=forces,
+                                      precision="fp32", batch_atoms=args.batch_atoms,
+                                      chunk=max(min(4096, n // 4), 1), device=str(device),
+                                      neighbors=where, progress=False)
+            return screen(settings)
+
+        drive(True, placements[-1], min(count, 256), "warm-up")
         for forces in (False, True):
-            settings = ScreenSettings(model=str(checkpoint), input=f"random:{count},seed=11",
-                                      output=str(Path(tmp) / f"out{int(forces)}.npz"),
-                                      forces=forces, precision="fp32",
-                                      batch_atoms=args.batch_atoms,
-                                      chunk=max(count // 4, 1), device=str(device),
-                                      progress=False)
-            driver[forces] = screen(settings)
+            for where in placements:
+                driver[(forces, where)] = drive(forces, where, count, f"out{forces}{where}")
 
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -140,11 +149,11 @@ def main():
                 r = statistics.median(times[(label, forces, True)])
                 line += f" {args.structures / r:14.0f} {r / t:8.2f}"
             print(line)
-    for forces, summary in driver.items():
+    for (forces, where), summary in driver.items():
         what = "end to end, " + ("E+F" if forces else "E")
         print(f"{what:>22} {'fp32':>9} {summary['structures_per_s']:10.0f} "
-              f"{summary['atoms_per_s']:11.0f}   ({count} structures, generation, neighbor "
-              "lists, model, files)")
+              f"{summary['atoms_per_s']:11.0f}   ({count} structures: generation, neighbor "
+              f"lists on the {where}, model, files)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 # (or ./gpu-out). Python packages the image lacks (ase, adios2, vesin) travel as
 # wheels in .whl/ (scripts/gpu_check.sh --fetch-wheels, run where pip works).
 #   usage: scripts/gpu_check.sh [--tests-only|--bench-only] [extra benchmark args]
+#   GPU_TRAIN=1 adds pygfm-train and benchmarks/precision.py on the GPU;
+#   GPU_SCREEN=1 adds benchmarks/screen.py (model and whole driver).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -38,7 +40,14 @@ if [[ $what != --bench-only ]]; then
      --rootdir "$repo" -p no:cacheprovider -m gpu -q -rfE --timeout 90 \
      "$repo/tests/ops" "$repo/tests/nn" "$repo/tests/models" "$repo/tests/calculator" 2>&1) | tee "$out/tests.log" | tail -60
   status=${PIPESTATUS[0]}
-  echo "tests exit $status after $(( $(date +%s) - start )) s"
+  echo "tests if [[ ${GPU_SCREEN:-0} == 1 ]]; then
+  # screening throughput (issue 7): the model, and the whole driver with the
+  # neighbor lists on the host and on the device
+  (cd /tmp && timeout ${SCREEN_TIMEOUT:-240} python3 "$repo/benchmarks/screen.py" --device cuda \
+     --structures 512 --repeats 5 --batch-atoms 32768 2>&1) | tee "$out/screen.log"
+  echo "screen exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
+fi
+exit $status after $(( $(date +%s) - start )) s"
 fi
 if [[ $what != --tests-only ]]; then
   (cd /tmp && timeout ${BENCH_TIMEOUT:-240} python3 "$repo/benchmarks/gpu.py" --json "$out/gpu.json" "$@" 2>&1) \
@@ -59,5 +68,12 @@ if [[ ${GPU_TRAIN:-0} == 1 ]]; then
   (cd /tmp && timeout 120 python3 "$repo/benchmarks/precision.py" --device cuda \
      --batch-atoms 4096 --batches 6 --repeats 5 2>&1) | tee "$out/precision.log"
   echo "precision exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
+fi
+if [[ ${GPU_SCREEN:-0} == 1 ]]; then
+  # screening throughput (issue 7): the model, and the whole driver with the
+  # neighbor lists on the host and on the device
+  (cd /tmp && timeout ${SCREEN_TIMEOUT:-240} python3 "$repo/benchmarks/screen.py" --device cuda \
+     --structures 512 --repeats 5 --batch-atoms 32768 2>&1) | tee "$out/screen.log"
+  echo "screen exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 fi
 exit $status
