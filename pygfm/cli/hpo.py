@@ -4,7 +4,7 @@ optimization, then train the best configurations in full.
   pygfm-hpo [CONFIG.yaml] [--run-dir DIR] [--set key=value ...] [--resume] [--promote K]
 
 With no CONFIG it runs the demo search (12 short trials of the demo model on the
-shipped demo data, about 8 minutes on a 2-core CPU). Each trial is a bounded
+shipped demo data, about 7 minutes on a 2-core CPU). Each trial is a bounded
 pygfm-train run in DIR/trials/NNNNN; a trial that fails (NaN loss, out of memory,
 crash, invalid combination) is recorded with its error and the search goes on.
 Results: DIR/trials.csv, objective.png, summary.md and best.yaml (the best

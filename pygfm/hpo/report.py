@@ -66,9 +66,9 @@ def summary_markdown(records: list, ranked: list, config: dict, run_dir: Path,
              f"{len(failed)} failed. Objective (lower is better): "
              f"{config['objective']['energy']} x energy MAE (eV/atom) + "
              f"{config['objective']['forces']} x force MAE (eV/Å), means over heads"
-             + ("" if not config["objective"]["datasets"] else
-                " + per-dataset terms " + ", ".join(
-                    f"{name}: {w}" for name, w in config["objective"]["datasets"].items()))
+             + "".join(f" + {w} x {'energy' if key == 'energy' else 'force'} MAE of {name}"
+                       for name, weights in config["objective"]["datasets"].items()
+                       for key, w in weights.items() if w)
              + ".", ""]
     if ranked:
         lines += [f"Best: trial {ranked[0]['trial']} (objective {ranked[0]['objective']:.5g});"

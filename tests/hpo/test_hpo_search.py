@@ -224,6 +224,19 @@ def test_mpi_evaluator_under_mpiexec(tmp_path):
     assert spans[1][0] < spans[0][1]
 
 
+def test_trials_behind_a_launcher_are_multi_rank_runs(tmp_path):
+    """evaluator.launcher (srun on a cluster; mpiexec here): each trial is a 2-rank
+    data-parallel pygfm-train run."""
+    launcher = " ".join(mpiexec(2))
+    config_path = campaign(tmp_path, trials=1, evaluator={"launcher": launcher})
+    run = tmp_path / "run"
+    check(run_command(hpo_command(config_path, "--run-dir", run, "--quiet"), tmp_path))
+    rows = read_csv(run / "trials.csv")
+    assert [r["status"] for r in rows] == ["ok"]
+    summary = json.loads((run / rows[0]["run_dir"] / "run" / "summary.json").read_text())
+    assert summary["ranks"] == 2
+
+
 def test_two_local_workers_run_at_once(tmp_path):
     config_path = campaign(tmp_path, trials=2, evaluator={"workers": 2})
     run = tmp_path / "run"
@@ -258,3 +271,15 @@ def test_cli_errors(tmp_path):
                                             "trials=7"), tmp_path))
     assert yaml.safe_load(printed.stdout)["trials"] == 7
     assert trial_config(load_hpo_config(config_path), {})["training"]["max_steps"] == 4
+
+
+def test_a_launcher_that_does_not_exist_fails_the_trials_not_the_search(tmp_path):
+    config_path = campaign(tmp_path, trials=2,
+                           evaluator={"launcher": str(tmp_path / "no-such-launcher")})
+    run = tmp_path / "run"
+    result = check(run_command(hpo_command(config_path, "--run-dir", run), tmp_path), code=1)
+    assert "all 2 trial(s) failed" in result.stderr
+    rows = read_csv(run / "trials.csv")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("cannot start the trial" in r["error"] and "no-such-launcher" in r["error"]
+               for r in rows)
