@@ -110,6 +110,8 @@ def main():
         outs = infer(label)
         e_err = f_err = e_lab = f_lab = 0.0
         for b, out, ref in zip(inputs[label], outs, reference):
+            out = {k: v.detach() for k, v in out.items()}
+            ref = {k: v.detach() for k, v in ref.items()}
             n = (b.ptr[1:] - b.ptr[:-1]).double()
             e_err += float(((out["energy"].double() - ref["energy"].double()).abs() / n).sum())
             f_err += float((out["forces"].double() - ref["forces"].double()).abs().sum())
