@@ -61,6 +61,33 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def producer(repeats: int) -> None:
+    """What the driver's CPU side costs per SC26 chunk: can it feed a GPU model
+    running at thousands of structures/s?"""
+    from pygfm.screen.driver import _hill_formulas
+
+    source = RandomInput("random:1000000,seed=5", 4096)
+    parts = {"generate": [], "neighbor lists (host, <= 20 nearest)": [], "formulas": []}
+    for k in range(repeats):
+        start = time.perf_counter()
+        structures = source.chunk(k)
+        parts["generate"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in _batches(structures, 32768, torch.float32, 5.0, 20):
+            pass
+        parts["neighbor lists (host, <= 20 nearest)"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _hill_formulas(structures.numbers, structures.counts)
+        parts["formulas"].append(time.perf_counter() - start)
+    print(f"# screening producer  pygfm {pygfm.__version__}  torch {torch.__version__}  "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"# one chunk of 4,096 SC26 structures, medians of {repeats}")
+    print(f"{'part':>38} {'ms/chunk':>9} {'structures/s':>13}")
+    for name, times in parts.items():
+        t = statistics.median(times)
+        print(f"{name:>38} {1e3 * t:9.1f} {4096 / t:13.0f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -69,10 +96,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--features", type=int, default=128)
     parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--producer-only", action="store_true",
+                        help="only time the CPU side of the driver (generation, host "
+                        "neighbor lists, formulas) on one 4,096-structure chunk")
     parser.add_argument("--end-to-end", type=int, default=None,
                         help="structures for the driver runs (default 4x --structures; "
                         "16,384 on a GPU)")
     args = parser.parse_args()
+    if args.producer_only:
+        producer(args.repeats)
+        return
     device = torch.device(args.device)
     torch.manual_seed(0)
     names = [f"head{k:02d}" for k in range(args.heads)]

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ..train.config import (DATASET, DEMO_CONFIG, SCHEMA, ConfigError, Field, _check_value,
-                            apply_overrides, resolve)
+                            apply_overrides, read_mapping, resolve)
 
 __all__ = ["load_hpo_config", "hpo_defaults", "trial_config", "space_key_field",
            "HPO_DEMO_CONFIG"]
@@ -197,16 +197,7 @@ def load_hpo_config(path=None, overrides=None) -> dict:
     search). ``overrides`` are ``key=value`` strings on the campaign's keys
     (``trials=4``, ``budget.max_steps=20``)."""
     path = Path(path) if path is not None else HPO_DEMO_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        given = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    given = {} if given is None else given
-    if not isinstance(given, dict):
-        raise ConfigError(f"{path}: the config must be a mapping")
-    given = apply_overrides(given, overrides)
+    given = apply_overrides(read_mapping(path), overrides)
     unknown = sorted(set(given) - set(_TOP))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; known keys: {', '.join(_TOP)}")
@@ -214,7 +205,7 @@ def load_hpo_config(path=None, overrides=None) -> dict:
     out: dict[str, Any] = {"base": str(_base(given.get("base"), here))}
     out["set"] = _overrides("set", given.get("set"))
     try:
-        base_raw = yaml.safe_load(Path(out["base"]).read_text(encoding="utf-8")) or {}
+        base_raw = read_mapping(Path(out["base"]))
         base_resolved = resolve(apply_overrides(base_raw, out["set"]),
                                 base=Path(out["base"]).parent)
     except ConfigError as error:
@@ -315,7 +306,7 @@ def trial_config(campaign: dict, params: dict, *, budget: bool = True,
     the trial's ``params``, then (``budget``) the trial budget or ``extra``
     overrides (promotion). ConfigError names the setting that is invalid."""
     base = Path(campaign["base"])
-    raw = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
+    raw = read_mapping(base)
     overrides = list(campaign["set"])
     overrides += [f"{k}={_render(v)}" for k, v in params.items()]
     objective = campaign["objective"]

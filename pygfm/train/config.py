@@ -359,10 +359,9 @@ def apply_overrides(given: dict, overrides) -> dict:
     return out
 
 
-def load_config(path=None, overrides=None) -> dict:
-    """Read a YAML config (default: the shipped demo), apply overrides, check
-    and fill in defaults."""
-    path = Path(path) if path is not None else DEMO_CONFIG
+def read_mapping(path: Path) -> dict:
+    """A YAML file's mapping ({} when empty); ConfigError names a missing file,
+    invalid YAML or a file that is not a mapping."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -372,7 +371,14 @@ def load_config(path=None, overrides=None) -> dict:
     given = {} if given is None else given
     if not isinstance(given, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections")
-    return resolve(apply_overrides(given, overrides), base=path.parent.resolve())
+    return given
+
+
+def load_config(path=None, overrides=None) -> dict:
+    """Read a YAML config (default: the shipped demo), apply overrides, check
+    and fill in defaults."""
+    path = Path(path) if path is not None else DEMO_CONFIG
+    return resolve(apply_overrides(read_mapping(path), overrides), base=path.parent.resolve())
 
 
 def dump_config(config: dict) -> str:
