@@ -75,6 +75,10 @@ def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _native(value):
     return value.item() if hasattr(value, "item") else value
 
@@ -323,6 +327,8 @@ class Campaign:
                                      resume and (directory / "run" / "last.pt").exists(),
                                      self._timeout())
                     running[trial] = params
+                    self._say(f"trial {trial:>4} started" + (" (continued)" if resume else "")
+                              + ": " + ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
                 continue
             for done in evaluator.poll(1.0):
                 params = running.pop(done.trial)
