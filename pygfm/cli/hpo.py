@@ -1,5 +1,6 @@
-"""``pygfm-hpo``: search pygfm-train hyperparameters with DeepHyper's Bayesian
-optimization, then train the best configurations in full.
+"""``pygfm-hpo``: Bayesian hyperparameter search (DeepHyper) over pygfm-train settings.
+
+It then trains the best configurations in full (--promote).
 
   pygfm-hpo [CONFIG.yaml] [--run-dir DIR] [--set key=value ...] [--resume] [--promote K]
 

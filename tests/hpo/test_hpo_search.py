@@ -283,3 +283,21 @@ def test_a_launcher_that_does_not_exist_fails_the_trials_not_the_search(tmp_path
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert all("cannot start the trial" in r["error"] and "no-such-launcher" in r["error"]
                for r in rows)
+
+
+def test_concurrent_trials_get_their_own_gpu(tmp_path):
+    """gpus_per_node: 2 with two workers: the two trials running at once see
+    different CUDA_VISIBLE_DEVICES (recorded by a launcher; the trials run on the CPU)."""
+    script = tmp_path / "record-gpu.sh"
+    script.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in */run) d=$(dirname "$a");; '
+                      'esac; done\necho "$CUDA_VISIBLE_DEVICES $HIP_VISIBLE_DEVICES" > "$d/gpu"\n'
+                      'exec "$@"\n')
+    script.chmod(0o755)
+    config_path = campaign(tmp_path, trials=2, evaluator={"workers": 2, "gpus_per_node": 2,
+                                                          "launcher": str(script)})
+    run = tmp_path / "run"
+    check(run_command(hpo_command(config_path, "--run-dir", run, "--quiet"), tmp_path))
+    seen = sorted((run / "trials" / f"{t:05d}" / "gpu").read_text().split()[0] for t in (1, 2))
+    assert seen == ["0", "1"]
+    assert all((run / "trials" / f"{t:05d}" / "gpu").read_text().split()[1] in "01"
+               for t in (1, 2))
