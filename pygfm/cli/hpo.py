@@ -22,6 +22,7 @@ makes rank 0 drive the search and ranks 1..N-1 run one trial each.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -81,6 +82,10 @@ def main(argv=None) -> int:
             return 0
         from pygfm.hpo import Campaign
 
+        def stop(signum, frame):  # a scheduler's time limit: stop the trials, keep the journal
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
         name = Path(args.config).stem if args.config else "demo"
         run_dir = Path(args.run_dir or Path("runs") / f"hpo-{name}")
         campaign = Campaign(config, run_dir, resume=args.resume, progress=not args.quiet)

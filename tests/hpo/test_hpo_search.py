@@ -208,6 +208,31 @@ def test_sigkill_mid_trial_then_resume(tmp_path):
     assert starts == [1, 2, 3]  # trial 2 continued under its own id and parameters
 
 
+def test_sigterm_stops_the_search_and_its_trial(tmp_path):
+    """A scheduler's SIGTERM (time limit): the running trial is stopped, the search
+    exits 130 telling to --resume; nothing is left running."""
+    config_path = campaign(tmp_path, trials=2, budget={"max_steps": 400, "eval_every": 2})
+    run = tmp_path / "run"
+    process = subprocess.Popen(hpo_command(config_path, "--run-dir", run, "--quiet"),
+                               cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoint = run / "trials" / "00001" / "run" / "last.pt"
+    deadline = time.monotonic() + 120
+    try:
+        while not checkpoint.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "trial 1 never wrote a checkpoint"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and "continue with --resume" in stderr
+    assert not _alive(str(run / "trials" / "00001"))
+    assert [e["event"] for e in journal(run)] == ["start"]
+
+
 def test_mpi_evaluator_under_mpiexec(tmp_path):
     config_path = campaign(tmp_path, trials=3, evaluator={"kind": "mpi"})
     run = tmp_path / "run"
