@@ -166,24 +166,32 @@ def _alive(marker: str) -> list:
     return out
 
 
-def test_sigkill_mid_trial_then_resume(tmp_path):
-    config_path = campaign(tmp_path, trials=3, budget={"max_steps": 24, "eval_every": 2})
-    run = tmp_path / "run"
+def signal_when(tmp_path, config_path, run, trial: str, sig) -> tuple:
+    """Start the search, send ``sig`` to it (not to its trials) once ``trial`` has
+    written a checkpoint; (exit status, stderr)."""
     process = subprocess.Popen(hpo_command(config_path, "--run-dir", run, "--quiet"),
                                cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    second = run / "trials" / "00002" / "run" / "last.pt"
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoint = run / "trials" / trial / "run" / "last.pt"
     deadline = time.monotonic() + 240
     try:
-        while not second.exists():
+        while not checkpoint.exists():
             assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "trial 2 never wrote a checkpoint"
+            assert time.monotonic() < deadline, f"trial {trial} never wrote a checkpoint"
             time.sleep(0.2)
-        process.kill()  # the search only: its trial must not live on as an orphan
-        process.communicate()
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, stderr
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path):
+    config_path = campaign(tmp_path, trials=3, budget={"max_steps": 24, "eval_every": 2})
+    run = tmp_path / "run"
+    # the search only: its trial must not live on as an orphan
+    signal_when(tmp_path, config_path, run, "00002", signal.SIGKILL)
     marker = str(run / "trials" / "00002")
     for _ in range(50):
         if not _alive(marker):
@@ -213,22 +221,8 @@ def test_sigterm_stops_the_search_and_its_trial(tmp_path):
     exits 130 telling to --resume; nothing is left running."""
     config_path = campaign(tmp_path, trials=2, budget={"max_steps": 400, "eval_every": 2})
     run = tmp_path / "run"
-    process = subprocess.Popen(hpo_command(config_path, "--run-dir", run, "--quiet"),
-                               cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    checkpoint = run / "trials" / "00001" / "run" / "last.pt"
-    deadline = time.monotonic() + 120
-    try:
-        while not checkpoint.exists():
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "trial 1 never wrote a checkpoint"
-            time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130 and "continue with --resume" in stderr
+    code, stderr = signal_when(tmp_path, config_path, run, "00001", signal.SIGTERM)
+    assert code == 130 and "continue with --resume" in stderr
     assert not _alive(str(run / "trials" / "00001"))
     assert [e["event"] for e in journal(run)] == ["start"]
 
