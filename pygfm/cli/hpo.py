@@ -77,8 +77,9 @@ def main(argv=None) -> int:
         if args.print_config:
             import yaml
             print(yaml.safe_dump(config, sort_keys=False), end="")
-            if comm is not None:
-                _release(comm)
+            if comm is not None:  # release the worker ranks
+                from pygfm.hpo.evaluators import MPIEvaluator
+                MPIEvaluator(comm).close()
             return 0
         from pygfm.hpo import Campaign
 
@@ -124,11 +125,6 @@ def main(argv=None) -> int:
         if comm is not None:
             comm.Abort(code)
         return code
-
-
-def _release(comm) -> None:
-    for rank in range(1, comm.Get_size()):
-        comm.send(None, dest=rank, tag=11)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import yaml
 from ..train.config import (DATASET, DEMO_CONFIG, SCHEMA, ConfigError, Field, _check_value,
                             apply_overrides, read_mapping, resolve)
 
-__all__ = ["load_hpo_config", "hpo_defaults", "trial_config", "space_key_field",
+__all__ = ["load_hpo_config", "trial_config", "space_key_field",
            "HPO_DEMO_CONFIG"]
 
 HPO_DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
@@ -58,10 +58,6 @@ _DEFAULTS: dict[str, Any] = {
 
 _SURROGATES = ("ET", "RF", "GBRT", "HGBRT", "GP", "DUMMY")
 _ACQUISITIONS = ("UCB", "UCBd", "EI", "EId", "PI", "PId", "LCB")
-
-
-def hpo_defaults() -> dict:
-    return copy.deepcopy(_DEFAULTS)
 
 
 def space_key_field(key: str, n_datasets: int) -> Field:
@@ -173,8 +169,7 @@ def _overrides(where: str, value) -> list:
     if value is None:
         return []
     if isinstance(value, dict):  # {key: value} is accepted as well as ["key=value"]
-        return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                .replace("\n...", "") for k, v in value.items()]
+        return [f"{k}={_render(v)}" for k, v in value.items()]
     if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
         raise ConfigError(f"{where}: expected a list of key=value overrides, got {value!r}")
     return list(value)

@@ -84,11 +84,11 @@ def _hill_formulas(numbers: np.ndarray, counts: np.ndarray) -> list[str]:
     c = ordered[rows, columns]
     # each piece ("Cu", "H2") as a row of UTF-32 code points, zero-padded; the rows of
     # all structures, zeros dropped, decode to one string cut per structure
-    width = len(str(int(c.max()))) if len(c) else 1
+    top = int(c.max(initial=1))
     symbols = np.zeros((Z, 2), dtype=np.uint32)
     for k, symbol in enumerate(chemical_symbols):
         symbols[k, :len(symbol)] = [ord(ch) for ch in symbol]
-    digits = np.zeros((int(c.max(initial=1)) + 1, width), dtype=np.uint32)
+    digits = np.zeros((top + 1, len(str(top))), dtype=np.uint32)
     for n in range(2, len(digits)):
         text = str(n)
         digits[n, :len(text)] = [ord(ch) for ch in text]

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,36 @@ def run_command(command, cwd, *, timeout: float = TIMEOUT, environment=None,
         if process.poll() is None:
             _kill_group(process)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def signal_when(command, cwd, path: Path, sig=signal.SIGKILL, *, group: bool = True,
+                what: str = "") -> subprocess.CompletedProcess:
+    """Start ``command`` (its own process group) and, once ``path`` exists, send it
+    ``sig`` (its whole group when ``group``, else the process alone); the test fails
+    if it ends first or TIMEOUT passes. Returns its exit status and output."""
+    command = [str(c) for c in command]
+    process = subprocess.Popen(command, cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not Path(path).exists():
+            if process.poll() is not None:
+                out, err = process.communicate()
+                pytest.fail(f"the run ended ({process.returncode}) before {what or path} "
+                            f"appeared:\n{out}\n{err}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what or path} within {TIMEOUT} s")
+            time.sleep(0.005)
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            _kill_group(process)
+            out, err = process.communicate()
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 def cli_command(*args) -> list[str]:

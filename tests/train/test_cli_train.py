@@ -12,9 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,9 +23,9 @@ import yaml
 from ase.build import bulk, molecule
 
 import pygfm
-from _train_helpers import (HERE, PYTHON, TIMEOUT, TINY_HEADS, TRAIN_LOSS_CONFIG, cli,
-                            cli_command, describe, env, mpiexec, run_command, tiny_config,
-                            write_yaml)
+from _train_helpers import (HERE, PYTHON, TINY_HEADS, TRAIN_LOSS_CONFIG, cli,
+                            cli_command, describe, mpiexec, run_command, signal_when,
+                            tiny_config, write_yaml)
 from pygfm.train.config import defaults, load_config
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "summary.json", "summary.md")
@@ -204,26 +202,8 @@ def test_resume_after_sigkill_reproduces_the_run(single_run, config_file, tmp_pa
     reference_dir, _ = single_run
     run_dir = tmp_path / "run"
     args = (config_file, "--run-dir", run_dir, "--quiet", "--set", "training.plots=false")
-    process = subprocess.Popen(cli_command(*args), cwd=tmp_path, env=env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not (run_dir / "last.pt").exists():
-            if process.poll() is not None:
-                out, err = process.communicate()
-                pytest.fail(f"the run ended ({process.returncode}) before last.pt appeared:\n"
-                            f"{out.decode()}\n{err.decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("no last.pt within the timeout")
-            time.sleep(0.005)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    assert process.returncode == -signal.SIGKILL
+    result = signal_when(cli_command(*args), tmp_path, run_dir / "last.pt", what="last.pt")
+    assert result.returncode == -signal.SIGKILL
     killed_at = torch.load(run_dir / "last.pt", weights_only=True)["extra"]["state"]["step"]
     assert killed_at < 12, "the run finished before it was killed: nothing was resumed"
     assert not (run_dir / "summary.json").exists()
@@ -320,25 +300,9 @@ def test_resume_of_a_finetune_interrupted_during_the_scratch_comparison(single_r
     config = write_yaml(tmp_path / "finetune.yaml", finetune_config(init_from))
     run_dir = tmp_path / "run"
     args = (config, "--run-dir", run_dir, "--quiet")
-    process = subprocess.Popen(cli_command(*args), cwd=tmp_path, env=env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not (run_dir / "summary.json").exists():  # the fine-tune's own, then scratch
-            if process.poll() is not None:
-                out, err = process.communicate()
-                pytest.fail(f"the run ended ({process.returncode}) before the scratch "
-                            f"comparison started:\n{out.decode()}\n{err.decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("the scratch comparison did not start within the timeout")
-            time.sleep(0.005)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    # the fine-tune's own summary.json, then the scratch comparison starts
+    signal_when(cli_command(*args), tmp_path, run_dir / "summary.json",
+                what="the start of the scratch comparison")
     assert not (run_dir / "scratch" / "summary.json").exists(), \
         "the comparison finished before the kill"
     result = cli(*args, "--resume", cwd=tmp_path)
