@@ -17,11 +17,11 @@ Both codes get the same precomputed neighbor list (pygfm's; it equals ASE's), so
 the model is what is timed. Tasks: inference = energy + forces; training step =
 energy + forces (graph kept), MSE loss on both, backward, Adam step. Codes
 alternate within each repetition; the table shows medians and ratios
-(>1: pygfm faster). ``import pygfm`` installs a CPU allocator that reuses large
-blocks (see pygfm.set_cpu_allocator); it speeds up any torch code, schnetpack
-included, so each code is timed with and without it: "speed-up" compares the
-codes as users run them (schnetpack with torch's allocator, pygfm as shipped),
-"same alloc" the worse of the two same-allocator ratios. Peak memory is the
+(>1: pygfm faster). pygfm offers an opt-in CPU allocator that reuses large
+blocks (``pygfm.settings``, ``cpu_allocator``); it would speed up any torch code,
+schnetpack included, so each code is timed with it off (as shipped, the
+"speed-up" column) and on ("+A" columns); "same alloc" is the worse of the two
+same-allocator ratios. Peak memory is the
 growth of resident memory during the task in a fresh process per code (sampled
 every 0.5 ms). GFLOP/s counts the model's forward FLOPs analytically, x3 for
 inference and x9 for a training step.
@@ -202,8 +202,8 @@ def memory_worker(args) -> None:
 def measure_memory(code, mode, workload, args) -> float:
     command = [sys.executable, __file__, "--memory-worker", code, mode, workload,
                "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-    # each code as it is used: schnetpack with torch's allocator, pygfm with its own
-    env = dict(os.environ, PYGFM_CPU_ALLOCATOR="1" if code == "pygfm" else "0")
+    # each code as it is used: both with torch's allocator (pygfm's is opt-in)
+    env = dict(os.environ, PYGFM_CPU_ALLOCATOR="0")
     result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak"] / 2**20
 
@@ -235,17 +235,16 @@ def main():
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{args.threads} threads, torch {torch.__version__}, pygfm {pygfm.__version__}, "
           f"schnetpack {spk.__version__}, FP32, F={32 if args.quick else F_FEATURES}")
-    print("# spk: schnetpack as users run it (torch's CPU allocator); spk+A: schnetpack with "
-          "pygfm's block-cache allocator; pygfm: as shipped (allocator on); pygfm-A: "
-          "allocator off")
+    print("# spk, pygfm: as shipped (torch's CPU allocator); spk+A, pygfm+A: with pygfm's "
+          "opt-in block-cache allocator (pygfm.settings cpu_allocator)")
     header = (f"{'workload':10} {'task':6} {'atoms':>5} {'pairs':>6} {'spk ms':>7} "
-              f"{'spk+A ms':>8} {'pygfm ms':>8} {'pygfm-A':>8} {'speed-up':>8} "
+              f"{'spk+A ms':>8} {'pygfm ms':>8} {'pygfm+A':>8} {'speed-up':>8} "
               f"{'same alloc':>10} {'spk MiB':>8} {'pygfm MiB':>9} {'mem':>5} "
               f"{'GFLOP/s':>7} {'%peak':>5} {'rel diff':>8}")
     print(header)
     # (task, allocator on) per column, timed in turn within each repetition
     columns = {"spk": ("schnetpack", False), "spk+A": ("schnetpack", True),
-               "pygfm": ("pygfm", True), "pygfm-A": ("pygfm", False)}
+               "pygfm": ("pygfm", False), "pygfm+A": ("pygfm", True)}
     for workload in ("molecules", "bulk"):
         for mode in ("infer", "train"):
             tasks = {code: build(code, mode, workload, args.quick)
@@ -261,7 +260,7 @@ def main():
                     start = time.perf_counter()
                     tasks[code]()
                     times[column].append(time.perf_counter() - start)
-            pygfm.set_cpu_allocator(True)
+            pygfm.set_cpu_allocator(False)
             ms = {column: statistics.median(values) * 1e3 for column, values in times.items()}
             memory = {code: measure_memory(code, mode, workload, args) for code in tasks}
             batch, pairs = tasks["pygfm"].batch, tasks["pygfm"].pairs
@@ -269,9 +268,9 @@ def main():
             flops = forward_flops(batch.num_atoms, pairs.edge_index.shape[1], F) * \
                 (3 if mode == "infer" else 9)
             gflops = flops / (ms["pygfm"] * 1e-3) / 1e9
-            same = min(ms["spk+A"] / ms["pygfm"], ms["spk"] / ms["pygfm-A"])
+            same = min(ms["spk+A"] / ms["pygfm+A"], ms["spk"] / ms["pygfm"])
             print(f"{workload:10} {mode:6} {batch.num_atoms:5d} {pairs.edge_index.shape[1]:6d} "
-                  f"{ms['spk']:7.1f} {ms['spk+A']:8.1f} {ms['pygfm']:8.1f} {ms['pygfm-A']:8.1f} "
+                  f"{ms['spk']:7.1f} {ms['spk+A']:8.1f} {ms['pygfm']:8.1f} {ms['pygfm+A']:8.1f} "
                   f"{ms['spk'] / ms['pygfm']:7.2f}x {same:9.2f}x "
                   f"{memory['schnetpack']:8.1f} {memory['pygfm']:9.1f} "
                   f"{memory['pygfm'] / max(memory['schnetpack'], 1e-9):5.2f} "

@@ -45,16 +45,18 @@ def build_info() -> dict:
 
 
 def set_cpu_allocator(enable: bool) -> bool:
-    """Serve CPU tensors of 4 MiB or more from pygfm's block cache (huge pages,
-    blocks reused instead of returned to the system) or from torch's allocator.
+    """Serve torch CPU tensors of 4 MiB or more from pygfm's block cache (huge
+    pages, blocks reused instead of returned to the system) or from torch's
+    allocator; returns the previous setting.
 
-    On by default from ``import pygfm`` (``PYGFM_CPU_ALLOCATOR=0`` keeps torch's);
-    it affects every torch CPU tensor in the process. ``PYGFM_CPU_CACHE_MB``
-    (default 2048) bounds the memory kept for reuse. Returns the previous setting.
+    Off unless asked for: it affects every torch CPU tensor in the process, so
+    importing pygfm never turns it on. The same as
+    ``pygfm.settings.set("cpu_allocator", enable)``; ``PYGFM_CPU_ALLOCATOR=1``
+    turns it on at import. See :mod:`pygfm.settings`.
     """
     return bool(_C.set_cpu_allocator(bool(enable)))
 
 
 def cpu_allocator_active() -> bool:
-    """Whether large CPU tensors currently come from pygfm's block cache."""
+    """Whether torch's large CPU tensors currently come from pygfm's block cache."""
     return bool(_C.cpu_allocator_active())

@@ -10,30 +10,27 @@
 //    GPU caching allocator does. Without reuse, huge-page faults with the
 //    kernel's synchronous compaction were seen to stall (25 MB output: 29 ms
 //    against 6 ms for glibc's reused heap).
-// Small requests use plain malloc. PYGFM_HUGE_PAGES=0 turns all of this off;
-// PYGFM_CPU_CACHE_MB sets the cache size (default 2048, 0 disables reuse).
+// Small requests use plain malloc. The settings huge_pages and cpu_cache_mb
+// (common/settings.h, set from pygfm.settings) turn this off and bound the cache.
 #pragma once
 
 #include <sys/mman.h>
 
 #include <cstddef>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
 #include <unordered_map>
 
+#include "settings.h"
+
 namespace pygfm {
 
 constexpr size_t kHugePage = size_t(2) << 20;
 
-inline bool huge_pages_enabled() {
-  static const bool enabled = [] {
-    const char* setting = std::getenv("PYGFM_HUGE_PAGES");
-    return !(setting && setting[0] == '0');
-  }();
-  return enabled;
-}
+inline bool huge_pages_enabled() { return settings().huge_pages.load(std::memory_order_relaxed); }
 
 class LargeBlockCache {
  public:
@@ -69,16 +66,24 @@ class LargeBlockCache {
     return block;
   }
 
+  // Whether `block` is a live block of this cache.
+  bool owns(void* block) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return size_of_.count(block) != 0;
+  }
+
+  // Takes back a block of this cache; any other pointer (a plain malloc made
+  // while huge pages were off) is freed, so callers need not know which it was.
   void release(void* block) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto size = size_of_.find(block);
-    if (size == size_of_.end()) {  // not ours: cannot happen, but never leak
+    if (size == size_of_.end()) {
       std::free(block);
       return;
     }
     const size_t rounded = size->second;
     size_of_.erase(size);
-    if (cached_ + rounded > limit_) {
+    if (cached_ + rounded > limit()) {
       std::free(block);
       return;
     }
@@ -86,23 +91,31 @@ class LargeBlockCache {
     cached_ += rounded;
   }
 
-  void release_all() {
+  void release_all() { trim(0); }
+
+  // Frees cached blocks, largest first, until at most `bytes` stay cached.
+  void trim(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& entry : free_) std::free(entry.second);
-    free_.clear();
-    cached_ = 0;
+    while (cached_ > bytes && !free_.empty()) {
+      auto largest = std::prev(free_.end());
+      std::free(largest->second);
+      cached_ -= largest->first;
+      free_.erase(largest);
+    }
+  }
+
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
   }
 
  private:
-  LargeBlockCache() {
-    const char* setting = std::getenv("PYGFM_CPU_CACHE_MB");
-    limit_ = (setting ? std::strtoull(setting, nullptr, 10) : 2048ull) << 20;
-  }
+  LargeBlockCache() = default;
+  static size_t limit() { return settings().cpu_cache_bytes.load(std::memory_order_relaxed); }
   std::mutex mutex_;
   std::multimap<size_t, void*> free_;
   std::unordered_map<void*, size_t> size_of_;
   size_t cached_ = 0;
-  size_t limit_ = 0;
 };
 
 // Memory for `bytes` bytes, returned with release_large; nullptr if none is left.
@@ -111,8 +124,10 @@ inline void* allocate_large(size_t bytes) {
   return LargeBlockCache::instance().allocate(bytes);
 }
 
+// Frees by size alone: huge_pages may have been switched since the allocation,
+// and the cache frees whatever it does not own.
 inline void release_large(void* block, size_t bytes) {
-  if (bytes < 2 * kHugePage || !huge_pages_enabled()) {
+  if (bytes < 2 * kHugePage) {
     std::free(block);
     return;
   }

@@ -19,11 +19,10 @@
 #endif
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <limits>
 #include <vector>
 
+#include "../common/settings.h"
 #include "../kernels/launchers.h"
 #include "../kernels/segment_reduce.h"
 #include "isa.h"
@@ -237,11 +236,7 @@ void segment_extreme(const T* src, const int64_t* ptr, int64_t S, int64_t F, Ext
 template <typename T>
 void segment_broadcast(const T* src, const int64_t* ptr, int64_t S, int64_t F, T* out) {
   const int64_t row_bytes = F * static_cast<int64_t>(sizeof(T));
-  static const bool allowed = [] {
-    const char* setting = std::getenv("PYGFM_CPU_STREAM");
-    return !(setting && std::string(setting) == "0");
-  }();
-  const bool stream = allowed && S > 0 && (ptr[S] - ptr[0]) * row_bytes >= kStreamBytes &&
+  const bool stream = settings().cpu_stream.load(std::memory_order_relaxed) && S > 0 && (ptr[S] - ptr[0]) * row_bytes >= kStreamBytes &&
                       row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   for_each_unit(ptr, S, F, [&](int64_t s_begin, int64_t s_end, int64_t f_begin, int64_t f_end) {
     // a streamed unit writes whole rows: split features only without streaming

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pygfm.ops import reference
@@ -80,9 +81,83 @@ def test_torch_allocator_switch_serves_large_tensors_from_the_cache():
         pygfm.set_cpu_allocator(was_on)
 
 
-def test_torch_allocator_off_by_environment():
-    code = "import pygfm; print(pygfm.cpu_allocator_active())"
-    env = dict(os.environ, PYGFM_CPU_ALLOCATOR="0")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, cwd="/")
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (a crash there fails the test, not pytest)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYGFM_")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+                          text=True, cwd="/", timeout=300)
+
+
+def test_torch_allocator_is_off_after_import():
+    out = _run("import pygfm; print(pygfm.cpu_allocator_active())")
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("value,active", [("1", True), ("on", True), ("0", False)])
+def test_torch_allocator_opt_in_by_environment(value, active):
+    out = _run("import pygfm; print(pygfm.cpu_allocator_active())", PYGFM_CPU_ALLOCATOR=value)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(active)
+
+
+# oneDNN's BF16 and AMX matmuls (CPUs with AVX512-BF16 or AMX) allocate scratch with
+# raw_allocate/raw_deallocate; with a null raw_deleter that aborted the process.
+BF16_MATMULS = """
+import torch, pygfm
+{setup}
+a, b = torch.randn(512, 128), torch.randn(384, 128)
+for _ in range(3):
+    y = torch.nn.functional.linear(a.bfloat16(), b.bfloat16())
+big = torch.nn.functional.linear(torch.randn(2048, 1024).bfloat16(), torch.randn(1536, 1024).bfloat16())
+error = (y.float() - a @ b.T).abs().max().item()
+assert error < 1.0, error
+print("ok", pygfm.cpu_allocator_active(), torch.backends.cpu.get_cpu_capability())
+"""
+
+
+@pytest.mark.parametrize("setup", ["", "pygfm.settings.set('cpu_allocator', True)"],
+                         ids=["default", "allocator-on"])
+def test_bf16_matmuls_after_import(setup):
+    out = _run(BF16_MATMULS.format(setup=setup))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok " + str(bool(setup)))
+
+
+@pytest.mark.parametrize("bytes_", [0, 64, 1 << 20, 5 << 20, 37 << 20])
+def test_raw_allocate_and_deallocate_through_the_allocator(bytes_):
+    import pygfm
+
+    with pygfm.settings.override(cpu_allocator=True):
+        assert pygfm.cpu_allocator_active()
+        for _ in range(3):  # the second and third take cached blocks back
+            assert pygfm._C.cpu_allocator_raw_roundtrip(bytes_)
+    assert pygfm._C.cpu_allocator_raw_roundtrip(bytes_)  # torch's own allocator again
+
+
+def test_blocks_outlive_a_change_of_huge_pages():
+    import pygfm
+
+    src, ptr, rows = broadcast_inputs()
+    with pygfm.settings.override(huge_pages=True):
+        cached = torch.ops.pygfm.segment_broadcast(src, ptr, rows)
+    with pygfm.settings.override(huge_pages=False):
+        plain = torch.ops.pygfm.segment_broadcast(src, ptr, rows)
+        assert plain.data_ptr() % (2 << 20) != 0 or plain.data_ptr() != cached.data_ptr()
+        del cached  # a cache block freed while huge pages are off
+    del plain  # a malloc block freed while huge pages are on
+    again = torch.ops.pygfm.segment_broadcast(src, ptr, rows)
+    assert torch.equal(again, reference.segment_broadcast(src, ptr, rows))
+
+
+def test_cache_limit_releases_kept_blocks():
+    import pygfm
+
+    src, ptr, rows = broadcast_inputs()
+    torch.ops.pygfm.segment_broadcast(src, ptr, rows)  # freed at once: kept in the cache
+    assert pygfm._C.cpu_cache_bytes() > 0
+    with pygfm.settings.override(cpu_cache_mb=0):
+        assert pygfm._C.cpu_cache_bytes() == 0
+        assert pygfm.settings.get("cpu_cache_mb") == 0
+    assert pygfm.settings.get("cpu_cache_mb") == 2048
