@@ -23,21 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+from ..distributed import discover, without_launch_variables
+
 __all__ = ["ProcessEvaluator", "MPIEvaluator", "trial_command", "trial_environment",
            "mpi_worker_loop", "Finished"]
 
-# variables an MPI or Slurm launcher sets for *this* process: a trial started
-# from it must not believe it is one rank of this job
-_LAUNCH_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL", "HYDRA_", "HYDI_", "MV2_",
-                    "MPIR_", "I_MPI_", "PALS_")
-_LAUNCH_NAMES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
-                 "SLURM_STEP_TASKS_PER_NODE", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                 "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 def trial_environment(threads: int | None = None, gpu: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(_LAUNCH_PREFIXES) and k not in _LAUNCH_NAMES}
+    # a trial started from a rank of this job must not believe it is one of its ranks
+    env = without_launch_variables()
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     if gpu is not None:
@@ -179,19 +172,10 @@ class ProcessEvaluator:
 _TASK, _RESULT = 11, 12
 
 
-def _local_rank() -> int:
-    for name in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
-                 "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID"):
-        value = os.environ.get(name)
-        if value is not None and value.isdigit():
-            return int(value)
-    return 0
-
-
 def mpi_worker_loop(comm, threads: int | None = None, gpus_per_node: int = 0,
                     launcher: list | None = None) -> None:
     """A worker rank: run the trials rank 0 sends until it sends None."""
-    gpu = str(_local_rank() % gpus_per_node) if gpus_per_node else None
+    gpu = str(discover().local_rank % gpus_per_node) if gpus_per_node else None
     current: list = []
 
     def terminate(signum, frame):  # mpiexec stopping the job: take the trial along

@@ -22,7 +22,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ..distributed import mpi_comm
+from ..distributed import discover, mpi_comm
 
 __all__ = ["Parallel"]
 
@@ -47,19 +47,16 @@ class Parallel:
     def __init__(self, backend: str = "auto", device: torch.device | None = None,
                  timeout: float = 300.0):
         self.comm = mpi_comm()
-        torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ and \
-            int(os.environ["WORLD_SIZE"]) > 1
+        launch = discover()
         if self.comm is not None:
             self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
             self.launcher = "mpi"
-        elif torchrun:
-            self.rank, self.size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        elif launch.launcher == "torchrun":
+            self.rank, self.size = launch.rank, launch.size
             self.launcher = "torchrun"
         else:
             self.rank, self.size, self.launcher = 0, 1, "single"
-        self.local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get(
-            "MPI_LOCALRANKID", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK",
-                                              os.environ.get("SLURM_LOCALID", 0)))))
+        self.local_rank = launch.local_rank
         self.started = False
         if self.size == 1:
             return
