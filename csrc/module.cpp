@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/large_alloc.h"
+#include "common/memory.h"
 #include "common/settings.h"
 
 #ifndef PYGFM_VERSION
@@ -29,6 +30,8 @@ long long get_setting(const std::string& name) {
   if (name == "huge_pages") return values.huge_pages.load();
   if (name == "cpu_stream") return values.cpu_stream.load();
   if (name == "cpu_cache_bytes") return static_cast<long long>(values.cpu_cache_bytes.load());
+  if (name == "neighbor_memory_bytes")
+    return static_cast<long long>(values.neighbor_memory_bytes.load());
   throw std::invalid_argument("pygfm has no native setting named '" + name + "'");
 }
 
@@ -42,6 +45,8 @@ void set_setting(const std::string& name, long long value) {
   } else if (name == "cpu_cache_bytes") {
     values.cpu_cache_bytes.store(static_cast<size_t>(value));
     pygfm::LargeBlockCache::instance().trim(static_cast<size_t>(value));
+  } else if (name == "neighbor_memory_bytes") {
+    values.neighbor_memory_bytes.store(static_cast<size_t>(value));
   } else {
     throw std::invalid_argument("pygfm has no native setting named '" + name + "'");
   }
@@ -67,6 +72,8 @@ PYBIND11_MODULE(_C, module) {
   module.def("cpu_allocator_active", &pygfm_cpu_allocator_active);
   module.def("get_setting", &get_setting, py::arg("name"));
   module.def("set_setting", &set_setting, py::arg("name"), py::arg("value"));
+  module.def("neighbor_memory_budget", []() { return pygfm::neighbor_memory_budget(); },
+             "Bytes a CPU neighbor search may use now (the setting, or what is available).");
   module.def("cpu_cache_bytes", []() { return pygfm::LargeBlockCache::instance().cached_bytes(); },
              "Bytes of freed large blocks currently kept for reuse.");
   module.def("cpu_allocator_raw_roundtrip", &pygfm_cpu_allocator_raw_roundtrip, py::arg("bytes"),

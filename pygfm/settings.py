@@ -26,6 +26,8 @@ cpu_cache_mb       PYGFM_CPU_CACHE_MB      2048     freed large blocks kept for 
                                                     0: none kept)
 cpu_stream         PYGFM_CPU_STREAM        1        streaming stores in write-bound CPU
                                                     kernels (outputs over 8 MB)
+neighbor_memory_mb PYGFM_NEIGHBOR_MEMORY_MB 0       MiB a CPU neighbor search may use (0:
+                                                    what the system reports available)
 =================  ======================  =======  ==========================================
 """
 
@@ -63,7 +65,13 @@ SETTINGS = {s.name: s for s in (
             "MiB of freed large blocks kept for reuse (0: none)"),
     Setting("cpu_stream", "PYGFM_CPU_STREAM", bool, True,
             "streaming (cache-bypassing) stores in write-bound CPU kernels"),
+    Setting("neighbor_memory_mb", "PYGFM_NEIGHBOR_MEMORY_MB", int, 0,
+            "MiB a CPU neighbor search may use before it refuses (0: the memory the system "
+            "reports available)"),
 )}
+
+# settings kept in bytes on the C++ side
+_BYTES = {"cpu_cache_mb": "cpu_cache_bytes", "neighbor_memory_mb": "neighbor_memory_bytes"}
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -99,8 +107,8 @@ def get(name: str):
     setting = _lookup(name)
     if name == "cpu_allocator":
         return bool(_C.cpu_allocator_active())
-    if name == "cpu_cache_mb":
-        return int(_C.get_setting("cpu_cache_bytes")) >> 20
+    if name in _BYTES:
+        return int(_C.get_setting(_BYTES[name])) >> 20
     return setting.kind(_C.get_setting(name))
 
 
@@ -115,8 +123,8 @@ def set(name: str, value):  # noqa: A001 - the natural name, used as pygfm.setti
     previous = get(name)
     if name == "cpu_allocator":
         _C.set_cpu_allocator(value)
-    elif name == "cpu_cache_mb":
-        _C.set_setting("cpu_cache_bytes", value << 20)
+    elif name in _BYTES:
+        _C.set_setting(_BYTES[name], value << 20)
     else:
         _C.set_setting(name, int(value))
     return previous

@@ -18,7 +18,7 @@ def test_every_setting_round_trips_and_override_restores():
     for name, setting in pygfm.settings.SETTINGS.items():
         before = pygfm.settings.get(name)
         assert before == setting.default
-        changed = (not before) if setting.kind is bool else before // 2
+        changed = (not before) if setting.kind is bool else before // 2 + 1
         with pygfm.settings.override(**{name: changed}):
             assert pygfm.settings.get(name) == changed
         assert pygfm.settings.get(name) == before
@@ -68,9 +68,11 @@ def test_environment_sets_the_native_values():
     code = "import pygfm, json; print(json.dumps({n: pygfm.settings.get(n) for n in pygfm.settings.SETTINGS}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
                          env=_clean_env(PYGFM_HUGE_PAGES="0", PYGFM_CPU_CACHE_MB="64",
-                                        PYGFM_CPU_STREAM="off"), timeout=120, check=True)
+                                        PYGFM_CPU_STREAM="off", PYGFM_NEIGHBOR_MEMORY_MB="512"),
+                         timeout=120, check=True)
     assert json.loads(out.stdout) == {"cpu_allocator": False, "huge_pages": False,
-                                      "cpu_cache_mb": 64, "cpu_stream": False}
+                                      "cpu_cache_mb": 64, "cpu_stream": False,
+                                      "neighbor_memory_mb": 512}
 
 
 # What a library must leave alone: everything a user or another library may have set.

@@ -20,6 +20,8 @@ struct Settings {
   std::atomic<size_t> cpu_cache_bytes{size_t(2048) << 20};
   // Streaming (cache-bypassing) stores in write-bound CPU kernels.
   std::atomic<bool> cpu_stream{true};
+  // Memory a CPU neighbor search may take; 0: what the system reports available.
+  std::atomic<size_t> neighbor_memory_bytes{0};
 };
 
 inline Settings& settings() {

@@ -43,6 +43,13 @@ struct KeyCollector {
   }
 };
 
+struct PairCounter {
+  int64_t count = 0;
+  void operator()(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double) {
+    ++count;
+  }
+};
+
 struct CandidateCollector {
   std::vector<Candidate>* out;
   void operator()(int64_t j, int64_t, int64_t, int64_t, int64_t k0, int64_t k1, int64_t k2,
@@ -124,6 +131,30 @@ void find_neighbors(const kernels::NeighborGrid& g, int64_t N, double cutoff,
         }
       }
       KeyBuffer().swap(chunk_keys[chunk]);
+    }
+  });
+}
+
+int64_t candidate_pairs(const kernels::NeighborGrid& g, int64_t N, int64_t max_neighbors) {
+  return at::parallel_reduce(
+      0, N, 1024, int64_t(0),
+      [&](int64_t begin, int64_t end, int64_t total) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t c = kernels::candidate_count(g, i);
+          total += max_neighbors >= 0 ? std::min(c, max_neighbors) : c;
+        }
+        return total;
+      },
+      [](int64_t a, int64_t b) { return a + b; });
+}
+
+void count_pairs(const kernels::NeighborGrid& g, int64_t N, double cutoff, bool self_interaction,
+                 int64_t max_neighbors, int64_t* counts) {
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      PairCounter counter;
+      kernels::visit_neighbors(g, i, cutoff, self_interaction, counter);
+      counts[i] = max_neighbors >= 0 ? std::min(counter.count, max_neighbors) : counter.count;
     }
   });
 }

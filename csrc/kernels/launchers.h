@@ -56,6 +56,12 @@ struct PairBuffers {
 void find_neighbors(const kernels::NeighborGrid& g, int64_t N, double cutoff,
                     bool self_interaction, int64_t max_neighbors, int64_t* counts,
                     const std::function<PairBuffers(int64_t)>& allocate);
+// Sum over atoms of kernels::candidate_count (capped at max_neighbors when >= 0):
+// a bound on the pairs from the bins' occupancy, without distances.
+int64_t candidate_pairs(const kernels::NeighborGrid& g, int64_t N, int64_t max_neighbors);
+// counts[i] = the pairs find_neighbors would give receiver i, without storing them.
+void count_pairs(const kernels::NeighborGrid& g, int64_t N, double cutoff, bool self_interaction,
+                 int64_t max_neighbors, int64_t* counts);
 
 // Fused PaiNN kernels (see kernels/painn.h). x, grad_x: [N, 3F]; v, grad_v,
 // out_v: [N, 3, F]; filters, grad_filters: [E, 3F]; direction: [E, 3] in

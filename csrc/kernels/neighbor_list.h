@@ -122,6 +122,30 @@ PYGFM_HD void visit_neighbors(const NeighborGrid& g, int64_t i, double cutoff,
   }
 }
 
+// Atoms in the bins atom i's search visits (a bin reached as several periodic
+// images counts each time): an upper bound on its neighbors from the bins'
+// occupancy alone, for memory guards, without computing a distance.
+PYGFM_HD int64_t candidate_count(const NeighborGrid& g, int64_t i) {
+  const int64_t b = g.structure[i];
+  const int64_t* bins = g.bins + 3 * b;
+  const int64_t* search = g.search + 3 * b;
+  const bool* pbc = g.pbc + 3 * b;
+  const int64_t* home = g.atom_bin + 3 * i;
+  int64_t total = 0, t0, t1, t2, k;
+  for (int64_t o0 = -search[0]; o0 <= search[0]; ++o0) {
+    if (!grid_bin(home[0] + o0, bins[0], pbc[0], t0, k)) continue;
+    for (int64_t o1 = -search[1]; o1 <= search[1]; ++o1) {
+      if (!grid_bin(home[1] + o1, bins[1], pbc[1], t1, k)) continue;
+      for (int64_t o2 = -search[2]; o2 <= search[2]; ++o2) {
+        if (!grid_bin(home[2] + o2, bins[2], pbc[2], t2, k)) continue;
+        const int64_t bin = g.bin_offset[b] + (t0 * bins[1] + t1) * bins[2] + t2;
+        total += g.bin_start[bin + 1] - g.bin_start[bin];
+      }
+    }
+  }
+  return total;
+}
+
 // Prepares atom i: image n_i, wrapped position, grid coordinates and global bin.
 PYGFM_HD void place_atom(const NeighborGrid& g, const double* inv_cell, int64_t i,
                          int64_t* image, double* wrapped, int64_t* atom_bin,

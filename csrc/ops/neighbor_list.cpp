@@ -8,11 +8,50 @@
 // receiver's pairs ordered by (sender, shift).
 #include <torch/library.h>
 
+#include <sstream>
+
+#include "../common/memory.h"
 #include "common.h"
 
 namespace pygfm {
 namespace ops {
 namespace {
+
+// Bytes a pair costs the CPU search at its peak: its sorted 8-byte key, then
+// edge_index (16) and shifts (24) while the keys are decoded.
+constexpr double kCpuBytesPerPair = 48.0;
+
+// The Python front end's estimate assumes uniform density; atoms crowded into a
+// few bins (a cluster in a huge cell) have far more pairs. Bound the pairs from
+// the bins' occupancy (cheap: no distances); only when that bound exceeds the
+// budget, count the pairs exactly, and refuse before allocating if they do not
+// fit, naming the structure with the most.
+void check_cpu_pair_memory(const kernels::NeighborGrid& g, int64_t N, const at::Tensor& ptr,
+                           double cutoff, bool self_interaction, int64_t max_neighbors) {
+  const double budget = static_cast<double>(neighbor_memory_budget());
+  const int64_t bound = cpu::candidate_pairs(g, N, max_neighbors);
+  if (bound * kCpuBytesPerPair <= budget) return;
+  at::Tensor counts = at::empty({N}, ptr.options());
+  cpu::count_pairs(g, N, cutoff, self_interaction, max_neighbors,
+                   mutable_data_of<int64_t>(counts));
+  const int64_t pairs = N > 0 ? counts.sum().item<int64_t>() : 0;
+  if (pairs * kCpuBytesPerPair <= budget) return;
+  const at::Tensor cumulative = at::cat({at::zeros({1}, ptr.options()), counts.cumsum(0)});
+  const at::Tensor per_structure = cumulative.index_select(0, ptr.slice(0, 1)) -
+                                   cumulative.index_select(0, ptr.slice(0, 0, -1));
+  const int64_t worst = per_structure.argmax().item<int64_t>();
+  std::ostringstream message;
+  message.precision(3);
+  message << "pygfm.neighbor_list: " << pairs << " pairs within " << cutoff << " Å ("
+          << pairs * kCpuBytesPerPair / double(1 << 30) << " GiB to build) do not fit in the "
+          << budget / double(1 << 30)
+          << " GiB the search may use (pygfm.settings neighbor_memory_mb, else the memory "
+             "available); structure " << worst
+          << " alone has " << per_structure[worst].item<int64_t>()
+          << " (atoms crowded together: check its geometry, lower the cutoff, set "
+             "max_neighbors or split the batch)";
+  TORCH_CHECK_VALUE(false, message.str());
+}
 
 struct Grid {
   kernels::NeighborGrid view;
@@ -126,6 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neighbor_list(
   at::Tensor row_ptr = at::zeros({N + 1}, long_options);
   at::Tensor edge_index, shifts;
   if (on_cpu) {
+    check_cpu_pair_memory(g, N, ptr, cutoff, self_interaction, max_neighbors);
     at::Tensor counts = at::empty({N}, long_options);
     cpu::find_neighbors(g, N, cutoff, self_interaction, max_neighbors,
                         mutable_data_of<int64_t>(counts), [&](int64_t E) {

@@ -15,11 +15,11 @@ never its own neighbor with S = 0 unless ``self_interaction``.
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 
+from .._extension import _C
 from ._checks import as_index, check_ptr, tracing
 from .reference import segment_ids
 
@@ -164,14 +164,8 @@ def _first_bad_structure(values: torch.Tensor, per_structure_ptr: torch.Tensor |
 def _available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    # the setting neighbor_memory_mb, else MemAvailable (the same budget the op checks)
+    return int(_C.neighbor_memory_budget())
 
 
 def neighbor_list(

@@ -431,3 +431,22 @@ def test_gpu_equals_cpu_open_and_empty(structures):
                             **{k: v.cuda() for k, v in kwargs.items()})
         for ours, theirs in zip(cpu, gpu):
             assert torch.equal(ours, theirs.cpu())
+
+
+def test_memory_guard_counts_crowded_atoms_before_allocating():
+    # 2,000 atoms within 2 Å in a 1,000 Å periodic cell: a uniform-density
+    # estimate sees ~0 pairs, the bins hold 4M (190 MB to build)
+    import pygfm
+
+    generator = torch.Generator().manual_seed(0)
+    crowded = torch.rand(2000, 3, generator=generator, dtype=torch.float64) * 2.0 + 500.0
+    spread = torch.rand(2000, 3, generator=generator, dtype=torch.float64) * 1000.0
+    cell = torch.eye(3, dtype=torch.float64) * 1000.0
+    pbc = torch.ones(3, dtype=torch.bool)
+    with pygfm.settings.override(neighbor_memory_mb=100):
+        with pytest.raises(ValueError, match=r"3998000 pairs within 5 Å .* structure 0 alone"):
+            neighbor_list(crowded, 5.0, cell=cell, pbc=pbc)
+        assert neighbor_list(spread, 5.0, cell=cell, pbc=pbc).edge_index.shape[1] < 100
+        kept = neighbor_list(crowded, 5.0, cell=cell, pbc=pbc, max_neighbors=16)  # 32k pairs fit
+        assert kept.edge_index.shape[1] == 2000 * 16
+    assert neighbor_list(crowded, 5.0, cell=cell, pbc=pbc).edge_index.shape[1] == 2000 * 1999
