@@ -35,7 +35,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from .data import AtomicBatch
 from .models import MultiHeadModel, load
 from .nn import EnergyModel
-from .ops import edge_vectors, neighbor_list
+from .data.overlap import OverlapError
+from .ops import neighbor_list
 
 __all__ = ["PyGFMCalculator"]
 
@@ -58,6 +59,18 @@ def _resolve_model(model_or_checkpoint):
     raise TypeError("PyGFMCalculator: model_or_checkpoint must be a pygfm MultiHeadModel, "
                     "an EnergyModel or a checkpoint path, got "
                     f"{type(model_or_checkpoint).__name__}")
+
+
+def _trained_elements(model, head: str | None) -> set:
+    """Symbols ``head`` was trained on (its ``head_elements`` row), else the
+    checkpoint's element list; empty when unknown (then nothing is warned)."""
+    from ase.data import chemical_symbols
+
+    if isinstance(model, MultiHeadModel):
+        row = model.head_elements[model.head_index(head)].cpu()
+        if bool(row.any()):
+            return {chemical_symbols[z] for z in torch.nonzero(row).reshape(-1).tolist()}
+    return set(getattr(model, "elements", None) or [])
 
 
 def _resolve_dtype(dtype, parameter_dtype: torch.dtype) -> torch.dtype:
@@ -130,8 +143,8 @@ class PyGFMCalculator(Calculator):
         self.neighbor_list_builds = 0
         self._neighbors = None        # NeighborList at cutoff + skin
         self._built_for = None        # (positions, cell, pbc, numbers) it was built for
-        self._elements = set(getattr(model, "elements", None) or [])
-        self._warned = set()
+        self._elements = _trained_elements(model, head)
+        self._warned = set()          # compositions (element sets) already warned about
 
     # ----------------------------------------------------------- neighbor lists
     def _needs_rebuild(self, atoms) -> bool:
@@ -157,25 +170,18 @@ class PyGFMCalculator(Calculator):
         return self._neighbors
 
     def _check_elements(self, atoms) -> None:
-        if not self._elements:
+        """Warn once per new composition (element set) holding elements the head
+        was not trained on (an MD run warns once, not every step)."""
+        composition = frozenset(atoms.get_chemical_symbols())
+        if not self._elements or composition in self._warned:
             return
-        unknown = set(atoms.get_chemical_symbols()) - self._elements - self._warned
+        self._warned.add(composition)
+        unknown = composition - self._elements
         if unknown:
-            self._warned |= unknown
-            warnings.warn(f"PyGFMCalculator: the model was not trained on {sorted(unknown)} "
-                          f"(it knows {sorted(self._elements)}); its predictions for them "
-                          "are not meaningful", stacklevel=3)
-
-    def _non_finite_message(self, batch: AtomicBatch, neighbors) -> str:
-        _, lengths = edge_vectors(batch.positions, neighbors.edge_index, neighbors.shifts,
-                                  batch.cell, batch.ptr)
-        overlapping = neighbors.edge_index[:, lengths < 1e-6]
-        if overlapping.shape[1]:
-            i, j = (int(k) for k in overlapping[:, 0])
-            return (f"PyGFMCalculator: atoms {i} and {j} lie on top of each other (or of "
-                    "a periodic image); the model is undefined there (non-finite energy "
-                    "or forces)")
-        return "PyGFMCalculator: the model returned a non-finite energy or forces"
+            which = "the model" if self.head is None else f"the head {self.head!r}"
+            warnings.warn(f"PyGFMCalculator: {which} was not trained on {sorted(unknown)} "
+                          f"(it knows {sorted(self._elements)}); its predictions for "
+                          f"{atoms.get_chemical_formula()} are not meaningful", stacklevel=3)
 
     # ----------------------------------------------------------- calculation
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -188,21 +194,24 @@ class PyGFMCalculator(Calculator):
                 self.results["stress"] = np.zeros(6)
             return
         self._check_elements(atoms)
-        batch = AtomicBatch.from_atoms([atoms], dtype=self.dtype, device=self.device)
-        neighbors = self._neighbor_list(atoms, batch)
         was_training = self.model.training
         self.model.eval()
         try:
+            batch = AtomicBatch.from_atoms([atoms], dtype=self.dtype, device=self.device)
+            neighbors = self._neighbor_list(atoms, batch)
             if isinstance(self.model, MultiHeadModel):
                 out = self.model(batch, self.head, forces=True, stress=periodic,
                                  neighbors=neighbors)
             else:
                 out = self.model(batch, forces=True, stress=periodic, neighbors=neighbors)
+        except OverlapError as error:  # "structure 0" says nothing here
+            raise error.renamed(where=f"PyGFMCalculator: {atoms.get_chemical_formula()}") \
+                from None
         finally:
             self.model.train(was_training)
         energy = float(out["energy"].detach().double().cpu()[0])
         if not (np.isfinite(energy) and bool(torch.isfinite(out["forces"]).all())):
-            raise ValueError(self._non_finite_message(batch, neighbors))
+            raise ValueError("PyGFMCalculator: the model returned a non-finite energy or forces")
         self.results = {
             "energy": energy,
             "free_energy": energy,

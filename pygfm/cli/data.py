@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._errors import entry_point
+
 
 def _structures(inputs, args, rank: int, size: int):
     """This rank's share of the input structures as Samples, input order."""
@@ -51,12 +53,14 @@ def _structures(inputs, args, rank: int, size: int):
 
 
 def convert(args) -> int:
+    from pygfm._files import check_not_an_input
     from pygfm.data import write_dataset
     from pygfm.distributed import mpi_comm, rank_and_size
 
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"no such input: {', '.join(map(str, missing))}")
+    check_not_an_input(args.output, args.inputs, option="-o")
     comm = mpi_comm()
     rank, size = rank_and_size(comm)
     fidelity = json.loads(args.fidelity) if args.fidelity.lstrip().startswith("{") else args.fidelity
@@ -116,6 +120,20 @@ def info(args) -> int:
     return 0
 
 
+def _check_parts(parts, source: Path, overwrite: bool) -> None:
+    """Every part may be written before any is: none is (or holds) the source, and
+    each existing one is replaced only with --overwrite and only if a dataset."""
+    from pygfm._files import check_not_an_input
+    from pygfm.data.adios import check_replaceable
+
+    for part in parts:
+        check_not_an_input(part, [source], option="-o")
+        if part.exists() or part.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{part} exists; pass --overwrite to replace it")
+            check_replaceable(part)
+
+
 def split(args) -> int:
     from pygfm.data import open_dataset, write_dataset
 
@@ -131,6 +149,7 @@ def split(args) -> int:
     bounds = np.concatenate(([0], np.round(np.cumsum(fractions) * n).astype(int)))
     bounds[-1] = n
     output = Path(args.output)
+    _check_parts([output / name for name in names], dataset.path, args.overwrite)
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
         part = np.sort(order[lo:hi])  # keep the source order inside each part
         write_dataset(output / name, iter(dataset[part]), name=dataset.name,
@@ -215,14 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+# RuntimeError: write_dataset's "another rank failed" (a usage error on that rank)
+@entry_point("pygfm-data", usage_errors=(RuntimeError,))
+def main(argv, context) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"pygfm-data {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    context.prog = f"pygfm-data {args.command}"
+    return args.run(args)
 
 
 if __name__ == "__main__":

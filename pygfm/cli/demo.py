@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 
 import pygfm
 from pygfm.ops import reference
+
+from ._errors import entry_point
 
 
 def random_batch(num_structures: int, generator: torch.Generator):
@@ -51,8 +54,9 @@ def energy(params, positions, ptr, receiver, sender, ops):
     return ops.segment_sum(atomic, ptr)[:, 0]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@entry_point("pygfm-demo")
+def main(argv, context) -> int:
+    parser = argparse.ArgumentParser(prog="pygfm-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--structures", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batches", type=int, default=20,
@@ -118,6 +122,7 @@ def main(argv=None) -> None:
     if not args.no_data:
         demo_collection(args.batches)
     print("demo finished")
+    return 0
 
 
 def demo_collection(batches: int) -> None:
@@ -153,4 +158,4 @@ def demo_collection(batches: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

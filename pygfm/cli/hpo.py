@@ -26,6 +26,8 @@ import signal
 import sys
 from pathlib import Path
 
+from ._errors import entry_point
+
 __all__ = ["main"]
 
 
@@ -47,84 +49,88 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def _abort_job(holder: dict):
+    """Under MPI: end every rank (the workers wait for rank 0's messages)."""
+    def abort(code: int) -> None:
+        if holder.get("comm") is not None:
+            holder["comm"].Abort(code)
+    return abort
+
+
+def _failures() -> tuple:
+    from pygfm.hpo.search import HPOError
+    return (HPOError,)
+
+
+@entry_point("pygfm-hpo", interrupted="interrupted; continue with --resume")
+def main(argv, context) -> int:
     args = _parser().parse_args(argv)
-    comm = None
-    try:
-        from pygfm.distributed import launched_by_mpi
-        from pygfm.hpo.config import load_hpo_config
+    from pygfm.distributed import launched_by_mpi
+    from pygfm.hpo.config import load_hpo_config
 
-        if args.promote < 0:
-            raise ValueError(f"--promote: expected K >= 0, got {args.promote}")
-        config = load_hpo_config(args.config, args.overrides)
-        evaluator = config["evaluator"]
-        if evaluator["kind"] == "mpi":
-            from pygfm.distributed import mpi_comm
-            comm = mpi_comm()
-            if comm is None or comm.Get_size() < 2:
-                raise ValueError("evaluator.kind is mpi: start pygfm-hpo with mpiexec/srun "
-                                 "and at least 2 ranks (rank 0 drives the search, every other "
-                                 "rank runs trials)")
-            if comm.Get_rank() != 0:
-                from pygfm.hpo.evaluators import mpi_worker_loop
-                mpi_worker_loop(comm, evaluator["threads"], evaluator["gpus_per_node"],
-                                evaluator["launcher"])
-                return 0
-        elif launched_by_mpi():
-            raise ValueError("pygfm-hpo was started by an MPI launcher with several ranks, "
-                             "but evaluator.kind is process: run it once (it starts the "
-                             "trials itself), or set evaluator.kind=mpi")
-        if args.print_config:
-            import yaml
-            print(yaml.safe_dump(config, sort_keys=False), end="")
-            if comm is not None:  # release the worker ranks
-                from pygfm.hpo.evaluators import MPIEvaluator
-                MPIEvaluator(comm).close()
+    holder: dict = {}
+    context.abort, context.failures = _abort_job(holder), _failures()
+    if args.promote < 0:
+        raise ValueError(f"--promote: expected K >= 0, got {args.promote}")
+    config = load_hpo_config(args.config, args.overrides)
+    evaluator = config["evaluator"]
+    if evaluator["kind"] == "mpi":
+        from pygfm.distributed import mpi_comm
+        comm = holder["comm"] = mpi_comm()
+        if comm is None or comm.Get_size() < 2:
+            raise ValueError("evaluator.kind is mpi: start pygfm-hpo with mpiexec/srun "
+                             "and at least 2 ranks (rank 0 drives the search, every other "
+                             "rank runs trials)")
+        if comm.Get_rank() != 0:
+            from pygfm.hpo.evaluators import mpi_worker_loop
+            mpi_worker_loop(comm, evaluator["threads"], evaluator["gpus_per_node"],
+                            evaluator["launcher"])
             return 0
-        from pygfm.hpo import Campaign
-
-        def stop(signum, frame):  # a scheduler's time limit: stop the trials, keep the journal
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, stop)
-        name = Path(args.config).stem if args.config else "demo"
-        run_dir = Path(args.run_dir or Path("runs") / f"hpo-{name}")
-        campaign = Campaign(config, run_dir, resume=args.resume, progress=not args.quiet)
-        if not args.quiet:
-            print(f"pygfm-hpo: {config['trials']} trial(s) of {len(config['space'])} "
-                  f"setting(s), {evaluator['kind']} evaluator, into {run_dir}", flush=True)
-        try:
-            best = campaign.run()
-            if best is None:
-                print(f"pygfm-hpo: error: all {len(campaign.records)} trial(s) failed; see "
-                      f"{run_dir / 'summary.md'}", file=sys.stderr, flush=True)
-                return 1
-            if not args.quiet:
-                print((run_dir / "summary.md").read_text(encoding="utf-8"), flush=True)
-            if args.promote:
-                results = campaign.promote(args.promote)
-                if not args.quiet:
-                    print(f"pygfm-hpo: promoted runs: {run_dir / 'promoted.csv'}", flush=True)
-                if not any(r["status"] == "ok" for r in results):
-                    return 1
-        finally:
-            campaign.close()
+    elif launched_by_mpi():
+        raise ValueError("pygfm-hpo was started by an MPI launcher with several ranks, "
+                         "but evaluator.kind is process: run it once (it starts the "
+                         "trials itself), or set evaluator.kind=mpi")
+    if args.print_config:
+        import yaml
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+        if holder.get("comm") is not None:  # release the worker ranks
+            from pygfm.hpo.evaluators import MPIEvaluator
+            MPIEvaluator(holder["comm"]).close()
         return 0
-    except KeyboardInterrupt:
-        print("pygfm-hpo: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - one clear line
-        from pygfm.train.config import ConfigError
+    return _search(args, config)
 
-        if not isinstance(error, (ConfigError, FileExistsError, ValueError)) and \
-                type(error).__name__ != "HPOError":
-            import traceback
-            traceback.print_exc()
-        print(f"pygfm-hpo: error: {error}", file=sys.stderr, flush=True)
-        code = 2 if isinstance(error, (ConfigError, ValueError)) else 1
-        if comm is not None:
-            comm.Abort(code)
-        return code
+
+def _search(args, config: dict) -> int:
+    from pygfm.hpo import Campaign
+
+    def stop(signum, frame):  # a scheduler's time limit: stop the trials, keep the journal
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    name = Path(args.config).stem if args.config else "demo"
+    run_dir = Path(args.run_dir or Path("runs") / f"hpo-{name}")
+    campaign = Campaign(config, run_dir, resume=args.resume, progress=not args.quiet)
+    evaluator = config["evaluator"]
+    if not args.quiet:
+        print(f"pygfm-hpo: {config['trials']} trial(s) of {len(config['space'])} "
+              f"setting(s), {evaluator['kind']} evaluator, into {run_dir}", flush=True)
+    try:
+        best = campaign.run()
+        if best is None:
+            print(f"pygfm-hpo: error: all {len(campaign.records)} trial(s) failed; see "
+                  f"{run_dir / 'summary.md'}", file=sys.stderr, flush=True)
+            return 1
+        if not args.quiet:
+            print((run_dir / "summary.md").read_text(encoding="utf-8"), flush=True)
+        if args.promote:
+            results = campaign.promote(args.promote)
+            if not args.quiet:
+                print(f"pygfm-hpo: promoted runs: {run_dir / 'promoted.csv'}", flush=True)
+            if not any(r["status"] == "ok" for r in results):
+                return 1
+    finally:
+        campaign.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,10 +18,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._errors import entry_point
+
 __all__ = ["main"]
 
 
-def main(argv=None) -> int:
+def _abort_job(comm):
+    """Under MPI: end every rank after an error on this one (the others may wait
+    for it in a collective)."""
+    def abort(code: int) -> None:
+        if comm is not None and comm.Get_size() > 1:
+            comm.Abort(code)
+    return abort
+
+
+@entry_point("pygfm-screen")
+def main(argv, context) -> int:
     parser = argparse.ArgumentParser(prog="pygfm-screen", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,30 +59,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from pygfm.distributed import mpi_comm
-    from pygfm.screen import ScreenError, ScreenSettings, screen
+    from pygfm.screen import ScreenSettings, screen
 
-    comm = None
-    try:
-        comm = mpi_comm()
-        settings = ScreenSettings(model=args.model, input=args.input, output=args.output,
-                                  heads=args.heads, forces=args.forces, top_k=args.top_k,
-                                  rank_by=args.rank_by, precision=args.precision,
-                                  batch_atoms=args.batch_atoms, chunk=args.chunk,
-                                  device=args.device, neighbors=args.neighbors,
-                                  progress=not args.quiet)
-        summary = screen(settings, comm)
-    except ScreenError as error:
-        print(f"pygfm-screen: error: {error}", file=sys.stderr, flush=True)
-        if comm is not None and comm.Get_size() > 1:
-            comm.Abort(2)
-        return 2
-    except Exception as error:  # noqa: BLE001 - one line, then end every rank
-        import traceback
-        traceback.print_exc()
-        print(f"pygfm-screen: error: {error}", file=sys.stderr, flush=True)
-        if comm is not None and comm.Get_size() > 1:
-            comm.Abort(1)
-        return 1
+    comm = mpi_comm()
+    context.abort = _abort_job(comm)
+    settings = ScreenSettings(model=args.model, input=args.input, output=args.output,
+                              heads=args.heads, forces=args.forces, top_k=args.top_k,
+                              rank_by=args.rank_by, precision=args.precision,
+                              batch_atoms=args.batch_atoms, chunk=args.chunk,
+                              device=args.device, neighbors=args.neighbors,
+                              progress=not args.quiet)
+    summary = screen(settings, comm)
     if summary is not None:
         rate = summary["structures_per_s"]
         print(f"{summary['structures']} structures in {summary['output']}; this run: "

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
+
+from ._errors import entry_point
 
 __all__ = ["main"]
 
@@ -43,7 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _finished(config: dict, run_dir: Path) -> str | None:
+    """For a finished run: why there is nothing to do under ``config``, or None when
+    ``config`` extends it (a larger training.max_steps); a config that changes more
+    than the run's length is refused, naming the key."""
+    from pygfm.models.checkpoint import load_checkpoint
+    from pygfm.train.resume import check_resume_config, nothing_to_do
+
+    content = load_checkpoint(run_dir / "last.pt")
+    saved = content["config"]
+    if config["finetune"]["init_from"] is not None:  # the model is the checkpoint's
+        config = {**config, "model": saved["model"]}
+    check_resume_config(saved, config, run_dir)
+    return nothing_to_do(config, content["extra"]["state"])
+
+
 def _stage(config_path, overrides, run_dir: Path, args, parallel):
+    import json
+
     from pygfm.train import load_config, train
 
     config = load_config(config_path, overrides)
@@ -51,12 +69,17 @@ def _stage(config_path, overrides, run_dir: Path, args, parallel):
         from pygfm.train.config import dump_config
         print(dump_config(config), end="")
         return None
-    import json
     done = run_dir / "summary.json"
-    if args.resume and done.exists() and json.loads(done.read_text()).get("complete"):
+    if args.resume and done.exists() and json.loads(done.read_text()).get("complete") \
+            and (run_dir / "last.pt").exists():
+        reason = _finished(config, run_dir)
+        if reason is not None:
+            if parallel.is_main:
+                print(f"{run_dir}: already finished: {reason}", flush=True)
+            return json.loads(done.read_text())
         if parallel.is_main:
-            print(f"{run_dir}: already finished (summary.json); skipping", flush=True)
-        return json.loads(done.read_text())
+            print(f"{run_dir}: extending the finished run to step "
+                  f"{config['training']['max_steps']}", flush=True)
     resume = args.resume and (run_dir / "last.pt").exists()
     if not args.resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run (last.pt); continue it with "
@@ -68,68 +91,84 @@ def _stage(config_path, overrides, run_dir: Path, args, parallel):
     return summary
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    if args.print_defaults:
-        from pygfm.train.config import defaults, dump_config
-        print(dump_config(defaults()), end="")
-        return 0
-    parallel = None
-    try:
-        from pygfm.train.config import DEMO_CONFIG, DEMO_FINETUNE_CONFIG, load_config
-        from pygfm.train.parallel import Parallel
+def _demo(args, parallel) -> None:
+    """The two stages of the demo: joint training, then fine-tuning."""
+    from pygfm.train.config import DEMO_CONFIG, DEMO_FINETUNE_CONFIG
 
-        # the backend follows the (first) config's device
-        first = load_config(args.config or DEMO_CONFIG, args.overrides)
-        import torch
-        gpu = first["device"].startswith("cuda") or (first["device"] == "auto"
-                                                     and torch.cuda.is_available())
-        parallel = Parallel(first["distributed"]["backend"],
-                            torch.device("cuda") if gpu else None,
-                            first["distributed"]["timeout"])
-        if args.config is not None:
-            run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-            _stage(args.config, args.overrides, run_dir, args, parallel)
-        else:
-            run_dir = Path(args.run_dir or "runs/demo")
-            if parallel.is_main and not args.print_config:
-                print(f"pygfm-train demo: stage 1 of 2, joint training on three demo "
-                      f"datasets -> {run_dir}", flush=True)
-            _stage(DEMO_CONFIG, args.overrides, run_dir, args, parallel)
-            if args.print_config:
-                return 0
-            finetune_dir = run_dir / "finetune"
-            if parallel.is_main:
-                print(f"pygfm-train demo: stage 2 of 2, fine-tuning on molecules-b3lyp "
-                      f"-> {finetune_dir}", flush=True)
-            overrides = list(args.overrides) + [
-                f"finetune.init_from={(run_dir / 'best.pt').resolve()}"]
-            # the first stage's model and datasets are not the fine-tune's
-            overrides = [o for o in overrides if not o.startswith(("model.", "datasets"))]
-            _stage(DEMO_FINETUNE_CONFIG, overrides, finetune_dir, args, parallel)
-        parallel.close()
-        return 0
-    except KeyboardInterrupt:
-        print("pygfm-train: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - one clear line, then end every rank
-        from pygfm.train.config import ConfigError
+    run_dir = Path(args.run_dir or "runs/demo")
+    if parallel.is_main and not args.print_config:
+        print(f"pygfm-train demo: stage 1 of 2, joint training on three demo "
+              f"datasets -> {run_dir}", flush=True)
+    _stage(DEMO_CONFIG, args.overrides, run_dir, args, parallel)
+    if args.print_config:
+        return
+    finetune_dir = run_dir / "finetune"
+    if parallel.is_main:
+        print(f"pygfm-train demo: stage 2 of 2, fine-tuning on molecules-b3lyp "
+              f"-> {finetune_dir}", flush=True)
+    overrides = list(args.overrides) + [
+        f"finetune.init_from={(run_dir / 'best.pt').resolve()}"]
+    # the first stage's model and datasets are not the fine-tune's
+    overrides = [o for o in overrides if not o.startswith(("model.", "datasets"))]
+    _stage(DEMO_FINETUNE_CONFIG, overrides, finetune_dir, args, parallel)
 
-        rank = f" (rank {parallel.rank})" if parallel is not None and parallel.size > 1 else ""
-        if not isinstance(error, (ConfigError, FileExistsError, FileNotFoundError)):
-            traceback.print_exc()
-        print(f"pygfm-train{rank}: error: {error}", file=sys.stderr, flush=True)
-        code = 2 if isinstance(error, ConfigError) else 1
+
+def _end_job(holder: dict):
+    """After an error: end every rank of the job, so none waits for this one in a
+    collective; a rank that failed before the ranks met ends the MPI job itself."""
+    def abort(code: int) -> None:
+        parallel = holder.get("parallel")
         if parallel is not None and parallel.size > 1:
             parallel.abort(code)
         from pygfm.distributed import launched_by_mpi
-        if parallel is None and launched_by_mpi():  # failed before the ranks met
+        if parallel is None and launched_by_mpi():
             try:
                 from mpi4py import MPI
                 MPI.COMM_WORLD.Abort(code)
             except ImportError:
                 pass
-        return code
+    return abort
+
+
+def _close(holder: dict):
+    def close() -> None:
+        if holder.get("parallel") is not None:
+            holder["parallel"].close()
+    return close
+
+
+@entry_point("pygfm-train")
+def main(argv, context) -> int:
+    args = _parser().parse_args(argv)
+    if args.print_defaults:
+        from pygfm.train.config import defaults, dump_config
+        print(dump_config(defaults()), end="")
+        return 0
+    holder: dict = {}
+    context.abort, context.close = _end_job(holder), _close(holder)
+    from pygfm.train.config import DEMO_CONFIG, load_config
+    from pygfm.train.parallel import Parallel, RankConfigError
+    from pygfm.train.trainer import TrainingError
+
+    context.failures, context.agreed_errors = (TrainingError,), (RankConfigError,)
+    # the backend follows the (first) config's device
+    first = load_config(args.config or DEMO_CONFIG, args.overrides)
+    import torch
+    gpu = first["device"].startswith("cuda") or (first["device"] == "auto"
+                                                 and torch.cuda.is_available())
+    parallel = holder["parallel"] = Parallel(first["distributed"]["backend"],
+                                             torch.device("cuda") if gpu else None,
+                                             first["distributed"]["timeout"])
+    context.rank = parallel.rank
+    if parallel.size > 1:
+        context.prog = f"pygfm-train (rank {parallel.rank})"
+    if args.config is not None:
+        run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+        _stage(args.config, args.overrides, run_dir, args, parallel)
+    else:
+        _demo(args, parallel)
+    parallel.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,11 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write_json, is_temporary, replace_path
 from .block import PER_ATOM, SampleBlock
 from .sample import LABELS, Sample
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "AtomicDataset", "open_dataset",
-           "write_dataset", "write_json_atomic", "normalize_fidelity", "DatasetError"]
+           "write_dataset", "write_json_atomic", "normalize_fidelity", "DatasetError",
+           "check_replaceable"]
 
 FORMAT_NAME = "pygfm-atomic-dataset"
 FORMAT_VERSION = 1
@@ -80,15 +82,8 @@ def normalize_fidelity(fidelity) -> dict:
 
 
 def write_json_atomic(path: Path, content: dict) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=1, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write JSON atomically (:func:`pygfm._files.atomic_write_json`); kept for callers."""
+    atomic_write_json(path, content)
 
 
 def _file_digest(path: Path) -> tuple[int, int]:
@@ -164,10 +159,16 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
     fidelity = normalize_fidelity(fidelity)
     target = Path(path)
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    if rank == 0 and target.exists() and not overwrite:
-        error = FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-    else:
-        error = None
+    error = None
+    if rank == 0 and (target.exists() or target.is_symlink()):
+        if not overwrite:
+            error = FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to "
+                                    "replace it")
+        else:
+            try:
+                check_replaceable(target)
+            except FileExistsError as caught:
+                error = caught
     if comm is not None:
         error = comm.bcast(error)
     if error is not None:
@@ -272,6 +273,7 @@ def _write_rank_shards(tmp, samples, name, rank, size, shard_size, attributes, p
                             item.forces, item.stress, dataset=name, index=index)
         else:
             sample = Sample.from_ase(item, dataset=name, index=index, **label_keys)
+        sample.check_overlap()
         pending.append(sample)
         if len(pending) >= shard_size:
             flush()
@@ -317,16 +319,44 @@ def _writer() -> str:
     return f"pygfm {__version__}"
 
 
+def check_replaceable(target: Path) -> None:
+    """Raise FileExistsError, naming ``target`` and why, unless it is a pygfm dataset
+    (a directory whose manifest has our format name) holding nothing but the
+    dataset's own files: the only thing ``overwrite`` may remove."""
+    target = Path(target)
+    refusal = f"; --overwrite replaces only a pygfm dataset: not replacing {target}"
+    if target.is_symlink() or not target.is_dir():
+        kind = "a symbolic link" if target.is_symlink() else "a file, not a directory"
+        raise FileExistsError(f"{target} is {kind}{refusal}")
+    try:
+        manifest = json.loads((target / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileExistsError(f"{target} holds no {MANIFEST}, so it is not a pygfm "
+                              f"dataset{refusal}") from None
+    except (OSError, ValueError) as error:
+        raise FileExistsError(f"{target / MANIFEST} cannot be read ({error}){refusal}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise FileExistsError(f"{target / MANIFEST} is not a pygfm dataset manifest{refusal}")
+    shards = manifest.get("shards")
+    own = {MANIFEST, STATISTICS} | {shard.get("path") for shard in shards or []
+                                    if isinstance(shard, dict)}
+    foreign = sorted(entry for entry in os.listdir(target) if entry not in own
+                     and not is_temporary(entry, MANIFEST) and not is_temporary(entry, STATISTICS))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise FileExistsError(f"{target} holds files that are not part of the dataset ({shown}) "
+                              f"and would be deleted; move them out first{refusal}")
+
+
 def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
-    if target.exists():
+    """Rename the complete dataset ``tmp`` to ``target``; an old dataset there is
+    removed only after the new one is in place."""
+    if target.exists() or target.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{target} appeared while writing; not replacing it")
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
+        check_replaceable(target)  # again: it may have changed while we wrote
+    replace_path(tmp, target)
 
 
 def _read_shard_ranges(path: Path, ranges, names=None, where: str | None = None,
@@ -354,7 +384,7 @@ def _read_shard_ranges(path: Path, ranges, names=None, where: str | None = None,
                     results.append({"atom_count": counts[:0], "atom_offset": offsets[:0]})
                     continue
                 first_atom = int(offsets[start])
-                last_atom = int(offsets[stop - 1] + counts[stop - 1])
+                last_atom = int(offsets[stop - 1]) + int(counts[stop - 1])  # no int64 overflow
                 out = {}
                 for name in wanted:
                     shape = [int(x) for x in available[name]["Shape"].split(",")]
@@ -364,6 +394,11 @@ def _read_shard_ranges(path: Path, ranges, names=None, where: str | None = None,
                                            f"need {hi} (corrupt shard)")
                     out[name] = reader.read(name, [lo] + [0] * (len(shape) - 1),
                                             [hi - lo] + shape[1:])
+                    # geometry is never missing: a NaN or inf there is a damaged file
+                    if name in ("positions", "cell") and not np.isfinite(out[name]).all():
+                        raise DatasetError(f"{where}: {name!r} of samples {start}..{stop - 1} "
+                                           "hold NaN or infinite values (corrupt shard; "
+                                           "`pygfm-data verify` checks every file)")
                 out["atom_count"] = counts[start:stop]
                 out["atom_offset"] = offsets[start:stop] - first_atom
                 results.append(out)

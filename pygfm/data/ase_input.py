@@ -24,14 +24,18 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 def iread_structures(path, index: str = ":", format: str | None = None) -> Iterator:
     """Yield ``ase.Atoms`` from ``path`` (any format ``ase.io`` reads, optionally
-    compressed with gzip, bzip2 or xz)."""
+    compressed with gzip, bzip2 or xz).
+
+    Reads in this process only: under MPI, ASE's readers otherwise read on rank 0
+    and broadcast to every rank, so a reader called by some ranks alone (rank 0
+    converting the demo data while the others wait) hung forever."""
     import ase.io
     from ase.io.formats import filetype
 
     path = Path(path)
     opener = COMPRESSIONS.get(path.suffix)
     if opener is None:
-        yield from ase.io.iread(str(path), index=index, format=format)
+        yield from ase.io.iread(str(path), index=index, format=format, parallel=False)
         return
     inner = path.with_suffix("")  # e.g. data.extxyz
     with tempfile.TemporaryDirectory(prefix="pygfm-decompress-") as scratch:
@@ -40,4 +44,4 @@ def iread_structures(path, index: str = ":", format: str | None = None) -> Itera
             shutil.copyfileobj(source, target, length=1 << 22)
         if format is None:
             format = filetype(str(plain), guess=False) if plain.suffix else None
-        yield from ase.io.iread(str(plain), index=index, format=format)
+        yield from ase.io.iread(str(plain), index=index, format=format, parallel=False)

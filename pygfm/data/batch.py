@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from ..ops.reference import segment_ids
+from .overlap import OverlapError, thin_cells
+from .sample import MAX_ATOMIC_NUMBER
 
 __all__ = ["AtomicBatch", "collate", "from_ase"]
 
@@ -118,8 +120,10 @@ class AtomicBatch:
     def from_atoms(cls, atoms_list: Sequence, dtype: torch.dtype = torch.float64,
                    device=None) -> "AtomicBatch":
         """Batch ASE ``Atoms`` objects (positions in Å), without labels, for
-        prediction. Fails, naming the structure, on NaN/inf positions or cell, or
-        an empty list. Unlike :func:`from_ase` (training data, via
+        prediction. Fails, naming the structure, on NaN/inf positions or cell,
+        atomic numbers outside 1..118, a cell thinner than
+        :data:`~pygfm.data.overlap.MIN_DISTANCE` along a periodic axis
+        (:class:`~pygfm.data.overlap.OverlapError`), or an empty list. Unlike :func:`from_ase` (training data, via
         :class:`~pygfm.data.Sample`) it accepts a structure with no atoms, whose
         predicted energy is 0."""
         if len(atoms_list) == 0:
@@ -137,8 +141,19 @@ class AtomicBatch:
             if not np.isfinite(cell).all():
                 raise ValueError(f"AtomicBatch.from_atoms: structure {index} has a "
                                  "non-finite cell")
+            z = np.asarray(atoms.get_atomic_numbers(), dtype=np.int64)
+            bad = (z < 1) | (z > MAX_ATOMIC_NUMBER)
+            if bad.any():
+                atom = int(np.argmax(bad))
+                raise ValueError(f"AtomicBatch.from_atoms: structure {index}, atom {atom} has "
+                                 f"atomic number {int(z[atom])}, not an element "
+                                 f"(1..{MAX_ATOMIC_NUMBER})")
+            thin = thin_cells(cell[None], np.asarray(atoms.get_pbc(), dtype=bool)[None])
+            if thin:  # refused before a neighbor list of millions of images is tried
+                raise OverlapError(index, (0, 0), thin[0][1],
+                                   atoms.get_chemical_formula())
             positions.append(pos)
-            numbers.append(np.asarray(atoms.get_atomic_numbers(), dtype=np.int64))
+            numbers.append(z)
             cells.append(cell)
             pbcs.append(np.asarray(atoms.get_pbc(), dtype=bool))
             counts.append(len(atoms))

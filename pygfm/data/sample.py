@@ -174,6 +174,17 @@ class Sample:
                 raise ValueError(f"{where}: the cell vectors of the periodic directions "
                                  f"{np.flatnonzero(self.pbc).tolist()} are degenerate")
 
+    def check_overlap(self) -> None:
+        """Raise ValueError, naming the sample and the atom pair, when two atoms
+        (periodic images included) are closer than
+        :data:`~pygfm.data.overlap.MIN_DISTANCE`. Writers call it once per sample
+        (up to ~1 ms for a 100-atom periodic cell); reading a sample back does not
+        repeat it, and the model refuses such a batch anyway."""
+        from .overlap import describe_pair, sample_overlap
+        pair = sample_overlap(self.positions, self.cell, self.pbc)
+        if pair is not None:
+            raise ValueError(f"{self.where}: {describe_pair(*pair)}")
+
     @classmethod
     def from_ase(cls, atoms, *, dataset: str | None = None, index: int | None = None,
                  labels: bool = True, energy_key: str | None = None,

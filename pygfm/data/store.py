@@ -37,11 +37,14 @@ Design notes
   conversion): all ranks must share one byte order, as on any ordinary cluster.
 * **Progress.** MPI may only move passive-target data when the owner enters the
   MPI library (MPICH without hardware RMA does this; measured here: a ``Get``
-  from a rank that is busy in Python waits for it). Training loops call MPI
-  collectives every step, so fetches complete, but a fetch can wait up to one
+  from a rank that is busy in Python waits for it). A training loop that calls
+  MPI collectives every step completes fetches, but a fetch can wait up to one
   step of the owner. With MPICH, ``MPIR_CVAR_ASYNC_PROGRESS=1`` gives each rank a
   progress thread and removes the wait (mpi4py initializes MPI with
-  ``MPI_THREAD_MULTIPLE``, which that needs).
+  ``MPI_THREAD_MULTIPLE``, which that needs). A loop that communicates outside
+  MPI (pygfm-train's gloo collectives) must keep progress going itself, or two
+  ranks can wait on each other: :class:`pygfm.data.progress.MPIProgress` is a
+  light thread for that (pygfm-train starts one with ``data.store: distributed``).
 * **Lifetime.** :meth:`close` (alias :meth:`free`) is collective: every rank
   must call it, in the same order for several stores. A store that is never
   closed (or only garbage collected) is closed at interpreter exit by an

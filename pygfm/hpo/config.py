@@ -305,8 +305,10 @@ def trial_config(campaign: dict, params: dict, *, budget: bool = True,
     overrides = list(campaign["set"])
     overrides += [f"{k}={_render(v)}" for k, v in params.items()]
     objective = campaign["objective"]
+    # the trial keeps as best.pt the checkpoint that is best by the campaign's objective
     overrides += [f"training.objective_energy={objective['energy']}",
-                  f"training.objective_forces={objective['forces']}"]
+                  f"training.objective_forces={objective['forces']}",
+                  f"training.objective_datasets={_render(objective['datasets'])}"]
     if budget:
         b = campaign["budget"]
         if b["max_steps"] is not None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
+
+from .._files import atomic_output
 
 __all__ = ["objective_plot", "summary_markdown"]
 
@@ -45,10 +46,11 @@ def objective_plot(records: list, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def _value(value) -> str:

@@ -30,45 +30,56 @@ from pathlib import Path
 
 import yaml
 
+from .._files import atomic_write_text, check_folder_is_ours, remove_stale_temporaries
 from ..train.config import ConfigError, dump_config
+from ..train.objective import objective_value as train_objective
 from .config import trial_config
 
 __all__ = ["Campaign", "objective_value", "HPOError"]
 
 _COMPARED = ("base", "set", "space", "budget", "objective")
+# the first line of campaign.yaml: how a search directory is recognised as ours
+CAMPAIGN_HEADER = "# written by pygfm-hpo: the checked campaign config (--resume compares it)\n"
+# the files a search writes in its run directory (and config.yaml in each trial's)
+_SEARCH_FILES = ("campaign.yaml", "trials.csv", "objective.png", "best.yaml", "summary.md",
+                 "promoted.csv")
 
 
 class HPOError(RuntimeError):
     """A campaign that cannot go on (e.g. a changed config on --resume)."""
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _is_search_dir(folder: Path) -> bool:
+    """Whether ``folder`` is a pygfm-hpo search directory (its campaign.yaml is ours)."""
+    try:
+        with open(folder / "campaign.yaml", encoding="utf-8") as handle:
+            return handle.readline() == CAMPAIGN_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """The temporaries a SIGKILL of an earlier search left (the trials' own run
+    directories are cleaned by pygfm-train when they resume)."""
+    for name in _SEARCH_FILES:
+        remove_stale_temporaries(run_dir, name)
+    for group in ("trials", "promoted"):
+        if (run_dir / group).is_dir():
+            for directory in (run_dir / group).iterdir():
+                remove_stale_temporaries(directory, "config.yaml")
 
 
 def objective_value(objective: dict, summary: dict) -> float:
-    """The campaign's objective (lower is better) from a pygfm-train summary:
-    ``energy`` x the mean energy MAE over heads + ``forces`` x the mean force MAE
-    over heads with force labels + each per-dataset term."""
-    heads = summary["heads"]
-    energies = [h["energy_mae"] for h in heads.values() if _finite(h["energy_mae"])]
-    forces = [h["forces_mae"] for h in heads.values() if _finite(h["forces_mae"])]
-    value = 0.0
-    if objective["energy"]:
-        value += objective["energy"] * (sum(energies) / len(energies) if energies else math.nan)
-    if objective["forces"] and forces:
-        value += objective["forces"] * sum(forces) / len(forces)
-    for name, weights in objective["datasets"].items():
-        head = heads[name]
-        for key in ("energy", "forces"):
-            if weights[key]:
-                value += weights[key] * head[f"{key}_mae"]
-    return float(value)
+    """The campaign's objective (lower is better) of a pygfm-train summary (the
+    validation MAEs of its best.pt): :func:`pygfm.train.objective.objective_value`,
+    the very number the trial chose its best.pt by."""
+    metrics = {name: {"energy_mae": _nan(h["energy_mae"]), "forces_mae": _nan(h["forces_mae"])}
+               for name, h in summary["heads"].items()}
+    return train_objective(objective, metrics)
+
+
+def _nan(value) -> float:
+    return float(value) if _finite(value) else math.nan
 
 
 def _finite(value) -> bool:
@@ -140,8 +151,12 @@ class Campaign:
                     raise HPOError(f"--resume: `{key}` differs from the search in "
                                    f"{self.run_dir} (campaign.yaml); the trials so far would "
                                    "not be comparable. Start a new --run-dir instead")
+        if not (resume and self.journal.exists()):
+            check_folder_is_ours(self.run_dir, _is_search_dir, option="--run-dir",
+                                 tool="pygfm-hpo")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(stored, yaml.safe_dump(config, sort_keys=False))
+        _remove_stale_temporaries(self.run_dir)
+        atomic_write_text(stored, CAMPAIGN_HEADER + yaml.safe_dump(config, sort_keys=False))
         if resume:
             self._read_journal()
 
@@ -209,7 +224,7 @@ class Campaign:
             config = trial_config(self.config, params)
         except ConfigError as error:
             return path, f"invalid configuration: {error}"
-        _write_text_atomic(path, dump_config(config))
+        atomic_write_text(path, dump_config(config))
         return path, None
 
     def _timeout(self) -> float | None:
@@ -365,7 +380,7 @@ class Campaign:
         from .report import objective_plot, summary_markdown
 
         records = [self.records[t] for t in sorted(self.records)]
-        _write_text_atomic(self.run_dir / "trials.csv", trials_csv(records, self.config))
+        atomic_write_text(self.run_dir / "trials.csv", trials_csv(records, self.config))
         best = self.best()
         if best is not None:
             config = trial_config(self.config, best["params"], budget=False,
@@ -373,14 +388,14 @@ class Campaign:
             header = (f"# pygfm-hpo: the best of {len(records)} trial(s) in {self.run_dir}: "
                       f"trial {best['trial']}, objective {best['objective']:.6g}\n"
                       f"# run it: pygfm-train best.yaml --run-dir runs/best\n")
-            _write_text_atomic(self.run_dir / "best.yaml", header + dump_config(config))
+            atomic_write_text(self.run_dir / "best.yaml", header + dump_config(config))
         if final or len(records) % 5 == 0:
             try:
                 objective_plot(records, self.run_dir / "objective.png")
             except Exception as error:  # noqa: BLE001 - a plot never fails a search
                 self._say(f"warning: objective.png not written ({type(error).__name__}: "
                           f"{error})")
-        _write_text_atomic(self.run_dir / "summary.md",
+        atomic_write_text(self.run_dir / "summary.md",
                            summary_markdown(records, self.ranked(), self.config, self.run_dir))
 
     # ------------------------------------------------------------ promotion
@@ -399,7 +414,7 @@ class Campaign:
             directory.mkdir(parents=True, exist_ok=True)
             config = trial_config(self.config, record["params"], budget=False,
                                   extra=self.config["promote"]["set"])
-            _write_text_atomic(directory / "config.yaml", dump_config(config))
+            atomic_write_text(directory / "config.yaml", dump_config(config))
             summary = directory / "run" / "summary.json"
             if summary.exists() and json.loads(summary.read_text()).get("complete"):
                 out[place] = self._promoted(place, record, directory, 0, 0.0, False)
@@ -429,7 +444,7 @@ class Campaign:
             self._interrupted()
             raise
         results = [out[p] for p in sorted(out)]
-        _write_text_atomic(self.run_dir / "promoted.csv", promoted_csv(results))
+        atomic_write_text(self.run_dir / "promoted.csv", promoted_csv(results))
         return results
 
     def _promoted(self, place, record, directory, code, seconds, timed_out) -> dict:

@@ -11,15 +11,15 @@ half-written checkpoint under the final name.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import torch
 
+from .._files import atomic_output
 from .multihead import MultiHeadModel
 
-__all__ = ["save_checkpoint", "load", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["save_checkpoint", "load", "load_checkpoint", "representation_config",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "pygfm-multihead-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -43,16 +43,10 @@ def save_checkpoint(model: MultiHeadModel, path, *, elements=None, config: dict 
         "extra": extra or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(content, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # through a Python file object: a full disk then raises OSError (ENOSPC), which
+    # atomic_output turns into "cannot write PATH: No space left on device"
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(content, handle)
     return path
 
 
@@ -74,18 +68,26 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return content
 
 
+def representation_config(content: dict) -> dict:
+    """The trunk's constructor arguments of a checkpoint; older ones embedded
+    Z < 100 and get every element (see :meth:`MultiHeadModel.upgrade_state`)."""
+    from ..data.sample import MAX_ATOMIC_NUMBER
+
+    config = dict(content["representation"])
+    config["max_z"] = max(int(config.get("max_z", 100)), MAX_ATOMIC_NUMBER + 1)
+    return config
+
+
 def load(path, map_location="cpu") -> MultiHeadModel:
     """A ready-to-use model from a checkpoint (in eval mode, the saved dtype)."""
     from ..nn import PaiNN
 
     content = load_checkpoint(path, map_location)
-    model = MultiHeadModel(PaiNN(**content["representation"]), content["heads"],
+    model = MultiHeadModel(PaiNN(**representation_config(content)), content["heads"],
                            **content["head_config"])
     model = model.to(getattr(torch, content["dtype"]))
-    state = dict(content["state_dict"])
-    for name in ("composition_logp", "composition_prior"):  # absent before they existed
-        state.setdefault(name, getattr(model, name))
-    model.load_state_dict(state)
+    # buffers absent before they existed, a 100-row embedding padded to 119
+    model.load_state_dict(MultiHeadModel.upgrade_state(content["state_dict"]))
     model.elements = list(content["elements"])
     model.checkpoint_config = content["config"]
     return model.eval()

@@ -34,8 +34,13 @@ class MultiHeadModel(nn.Module):
     """PaiNN trunk + one MLP energy head per name in ``heads``.
 
     normalization: ``{head: {"reference_energies": {symbol: eV}, "energy_scale":
-    eV/atom}}`` (the ``statistics.json`` of a pygfm dataset fits as is); heads
-    without an entry start at zero references and scale 1.
+    eV/atom, "elements": [symbols]}}`` (the ``statistics.json`` of a pygfm dataset
+    fits as is); heads without an entry start at zero references and scale 1.
+
+    ``head_elements`` [H, 119] bool records the elements each head was trained on
+    (its statistics' ``elements``, else its reference energies' symbols); a row
+    of False means unknown. :meth:`predict` warns, per head, about structures
+    holding elements their head never saw (:meth:`unseen_elements`).
     """
 
     def __init__(self, representation: PaiNN, heads: Sequence[str], *,
@@ -72,6 +77,8 @@ class MultiHeadModel(nn.Module):
         self.register_buffer("composition_logp", torch.zeros(len(heads), MAX_ATOMIC_NUMBER + 1,
                                                              dtype=torch.float64))
         self.register_buffer("composition_prior", torch.zeros(len(heads), dtype=torch.float64))
+        self.register_buffer("head_elements", torch.zeros(len(heads), MAX_ATOMIC_NUMBER + 1,
+                                                          dtype=torch.bool))
         for name, stats in (normalization or {}).items():
             self.set_normalization(name, stats)
 
@@ -99,9 +106,58 @@ class MultiHeadModel(nn.Module):
         scale = statistics.get("energy_scale") or 1.0
         if not scale > 0:
             raise ValueError(f"normalization of {head!r}: energy_scale must be > 0, got {scale}")
+        seen = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.bool)
+        for symbol in list(statistics.get("elements") or []) + list(references):
+            if symbol not in atomic_numbers:
+                raise ValueError(f"normalization of {head!r}: unknown element {symbol!r}")
+            seen[atomic_numbers[symbol]] = True
         with torch.no_grad():
             self.reference[index] = row.to(self.reference.device)
             self.scale[index] = float(scale)
+            self.head_elements[index] = seen.to(self.head_elements.device)
+
+    # buffers with one row per head (fine-tuning copies the old heads' rows)
+    _PER_HEAD_BUFFERS = ("reference", "scale", "composition_logp", "composition_prior",
+                         "head_elements")
+
+    @staticmethod
+    def upgrade_state(state: dict) -> dict:
+        """A state dict of an older pygfm, completed: the composition model
+        (uniform) and ``head_elements`` (the elements with a nonzero reference
+        energy) where absent, and a PaiNN embedding of fewer than 119 rows
+        padded with zeros (elements it never embedded get a zero vector: every
+        head flags them as unseen)."""
+        state = dict(state)
+        heads = state["scale"].shape[0]
+        width = MAX_ATOMIC_NUMBER + 1
+        state.setdefault("composition_logp", torch.zeros(heads, width, dtype=torch.float64))
+        state.setdefault("composition_prior", torch.zeros(heads, dtype=torch.float64))
+        if "head_elements" not in state:
+            state["head_elements"] = state["reference"] != 0
+        key = "representation.embedding.weight"
+        if key in state and state[key].shape[0] < width:
+            table = state[key]
+            state[key] = torch.cat([table, table.new_zeros(width - table.shape[0],
+                                                           table.shape[1])])
+        return state
+
+    def unseen_elements(self, numbers: torch.Tensor, ptr: torch.Tensor,
+                        heads: Sequence[int]) -> dict:
+        """{(structure b, head k): [Z, ...]} for every structure holding elements
+        head ``heads[k]`` was not trained on (heads whose elements are unknown are
+        skipped). numbers [N], ptr [B + 1]."""
+        from ..ops.reference import segment_ids
+
+        known = self.head_elements[list(heads)].cpu()                  # [H, Z]
+        numbers, ptr = numbers.cpu(), ptr.cpu()
+        owner = segment_ids(ptr, numbers.shape[0])
+        present = torch.zeros(ptr.numel() - 1, MAX_ATOMIC_NUMBER + 1, dtype=torch.bool)
+        present[owner, numbers] = True                                   # [B, Z]
+        missing = present[:, None, :] & ~known[None] & known.any(dim=1)[None, :, None]
+        found = {}
+        for b, k in torch.nonzero(missing.any(dim=2)).tolist():
+            found[(b, k)] = torch.nonzero(missing[b, k]).reshape(-1).tolist()
+        return found
 
     _FLOAT64_BUFFERS = ("reference", "scale", "composition_logp", "composition_prior")
 
@@ -280,10 +336,16 @@ class MultiHeadModel(nn.Module):
         One head: ``{"energy": [B], "forces": list of [n_i, 3], "stress": [B, 3, 3]}``
         (NaN stress where not periodic in 3D). Several: energy [B, H], forces a list
         of [H, n_i, 3], stress [B, H, 3, 3]. Units eV, eV/Å, eV/Å³.
+
+        Two atoms closer than :data:`~pygfm.data.overlap.MIN_DISTANCE` raise
+        :class:`~pygfm.data.overlap.OverlapError` naming the structure (its index
+        in ``atoms_list``). Structures holding elements a head was not trained on
+        give one ``UserWarning`` per call, naming each such head, its unseen
+        elements and the structures.
         """
         import numpy as np
 
-        from ..nn.energy import _chunks
+        from ..nn.energy import _chunks, _listed
 
         heads = self.head_names[0] if head is None else head
         several = not isinstance(heads, str)
@@ -293,12 +355,21 @@ class MultiHeadModel(nn.Module):
         self.eval()
         parameter = next(self.parameters())
         geometry = torch.promote_types(parameter.dtype, torch.float32)
-        energies, forces, stresses = [], [], []
+        names = self.head_names if heads == "all" else ([heads] if not several else list(heads))
+        selected = [self.head_index(name) for name in names]
+        energies, forces, stresses, unseen = [], [], [], {}
         try:
-            for chunk in _chunks(atoms_list, max_atoms):
-                batch = AtomicBatch.from_atoms(chunk, dtype=geometry, device=parameter.device)
-                periodic = batch.pbc.all(dim=1)
-                out = self.forward(batch, heads, forces=True, stress=bool(periodic.any()))
+            for start, chunk in _chunks(atoms_list, max_atoms, offsets=True):
+                with _listed(start):
+                    batch = AtomicBatch.from_atoms(chunk, dtype=geometry,
+                                                   device=parameter.device)
+                    periodic = batch.pbc.all(dim=1)
+                    out = self.forward(batch, heads, forces=True, stress=bool(periodic.any()))
+                for (b, k), elements in self.unseen_elements(batch.numbers, batch.ptr,
+                                                             selected).items():
+                    entry = unseen.setdefault(names[k], (set(), []))
+                    entry[0].update(elements)
+                    entry[1].append(start + b)
                 energy = out["energy"].detach().double().cpu().numpy()
                 energies.append(energy if several else energy[:, None])
                 sizes = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
@@ -315,8 +386,25 @@ class MultiHeadModel(nn.Module):
                 stresses.append(stress)
         finally:
             self.train(was_training)
+        if unseen:
+            _warn_unseen(unseen)
         energy = np.concatenate(energies) if energies else np.zeros((0, count))
         stress = np.concatenate(stresses) if stresses else np.zeros((0, count, 3, 3))
         if not several:
             energy, stress = energy[:, 0], stress[:, 0]
         return {"energy": energy, "forces": forces, "stress": stress}
+
+
+def _warn_unseen(unseen: dict) -> None:
+    """One warning for {head: (unseen Z set, structure indices)}."""
+    import warnings
+
+    from ase.data import chemical_symbols
+
+    parts = []
+    for head, (elements, structures) in unseen.items():
+        shown = ", ".join(map(str, structures[:10])) + (" ..." if len(structures) > 10 else "")
+        parts.append(f"head {head!r} was not trained on "
+                     f"{[chemical_symbols[z] for z in sorted(elements)]} (structures {shown})")
+    warnings.warn("MultiHeadModel.predict: " + "; ".join(parts) + "; its predictions for them "
+                  "are not meaningful", UserWarning, stacklevel=4)

@@ -9,7 +9,9 @@ from collections.abc import Callable
 import torch
 
 from ..data import AtomicBatch
+from ..data.overlap import MIN_DISTANCE, OverlapError, closest_pairs
 from ..ops import MessageGraph, NeighborList, edge_vectors, message_graph, neighbor_list
+from ..ops._checks import tracing
 
 __all__ = ["conservative"]
 
@@ -27,6 +29,12 @@ def conservative(batch: AtomicBatch, cutoff: float,
     ``batch.neighbors`` when its cutoff is large enough, else a list is built.
     ``create_graph`` keeps the graph so a loss on forces/stress can be
     differentiated with respect to the weights.
+
+    Raises :class:`~pygfm.data.overlap.OverlapError` (a ValueError naming the
+    structure, its formula, the atom pair and the distance) when two atoms are
+    closer than :data:`~pygfm.data.overlap.MIN_DISTANCE`, where the energy
+    would be NaN. The test reads the edge lengths computed here anyway, and
+    the host learns its result only at the end (no extra device sync).
     """
     positions, cell = batch.positions, batch.cell
     inputs = []
@@ -46,10 +54,13 @@ def conservative(batch: AtomicBatch, cutoff: float,
             neighbors = batch.neighbors
         pairs = neighbors if neighbors is not None else neighbor_list(
             positions.detach(), cutoff, batch.cell, batch.pbc, batch.ptr)
-        vectors, _ = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell, batch.ptr)
+        vectors, lengths = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell,
+                                        batch.ptr)
+        too_close = None if tracing() else (lengths.detach() < MIN_DISTANCE).any()
         energy = energy_fn(vectors, message_graph(pairs.edge_index, batch.num_atoms))
         result = {"energy": energy}
         if not inputs:
+            _check_overlaps(too_close, batch, pairs, lengths)
             return result
         columns = [energy] if energy.dim() == 1 else list(energy.unbind(1))
         # a batch without atoms (or pairs that reach nothing) has an energy that
@@ -77,4 +88,19 @@ def conservative(batch: AtomicBatch, cutoff: float,
         for key in per_column[0]:
             values = [column[key] for column in per_column]
             result[key] = values[0] if energy.dim() == 1 else torch.stack(values)
+    _check_overlaps(too_close, batch, pairs, lengths)
     return result
+
+
+def _check_overlaps(too_close, batch: AtomicBatch, pairs: NeighborList, lengths) -> None:
+    """Raise OverlapError for the first structure with a pair below MIN_DISTANCE."""
+    if too_close is None or not bool(too_close):
+        return
+    from ase.symbols import Symbols
+
+    found = closest_pairs(pairs.edge_index, lengths, batch.ptr)
+    b = min(found)
+    first, second, distance = found[b]
+    ptr = batch.ptr.tolist()
+    formula = Symbols(batch.numbers[ptr[b]:ptr[b + 1]].cpu().numpy()).get_chemical_formula()
+    raise OverlapError(b, (first, second), distance, formula)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ..data import AtomicBatch
+from ..data.overlap import OverlapError
 from ..ops import NeighborList, segment_sum
 from .conservative import conservative
 from .mlp import MLP
@@ -101,7 +103,10 @@ class EnergyModel(nn.Module):
         arrays (eV/Å), "stress": np.ndarray [B, 3, 3] (eV/Å^3; NaN for
         structures that are not periodic along all three axes)}``. Structures
         are evaluated in chunks of at most ``max_atoms`` atoms (a larger
-        structure gets a chunk of its own).
+        structure gets a chunk of its own). Two atoms closer than
+        :data:`~pygfm.data.overlap.MIN_DISTANCE` raise
+        :class:`~pygfm.data.overlap.OverlapError` naming the structure (its
+        index in ``atoms_list``), the pair and the distance.
         """
         if len(atoms_list) == 0:
             return {"energy": np.zeros(0), "forces": [], "stress": np.zeros((0, 3, 3))}
@@ -110,12 +115,13 @@ class EnergyModel(nn.Module):
         parameter = next(self.parameters())
         energies, forces, stresses = [], [], []
         try:
-            for chunk in _chunks(atoms_list, max_atoms):
+            for start, chunk in _chunks(atoms_list, max_atoms, offsets=True):
                 geometry = torch.promote_types(parameter.dtype, torch.float32)
-                batch = AtomicBatch.from_atoms(chunk, dtype=geometry,
-                                               device=parameter.device)
-                periodic = batch.pbc.all(dim=1)
-                out = self.forward(batch, forces=True, stress=bool(periodic.any()))
+                with _listed(start):
+                    batch = AtomicBatch.from_atoms(chunk, dtype=geometry,
+                                                   device=parameter.device)
+                    periodic = batch.pbc.all(dim=1)
+                    out = self.forward(batch, forces=True, stress=bool(periodic.any()))
                 energies.append(out["energy"].detach().double().cpu().numpy())
                 counts = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
                 forces.extend(f.numpy() for f in
@@ -131,13 +137,25 @@ class EnergyModel(nn.Module):
                 "stress": np.concatenate(stresses)}
 
 
-def _chunks(atoms_list: Sequence, max_atoms: int):
-    chunk, atoms = [], 0
+def _chunks(atoms_list: Sequence, max_atoms: int, offsets: bool = False):
+    """Lists of at most ``max_atoms`` atoms; with ``offsets``, (index of the
+    chunk's first structure, chunk) pairs."""
+    chunk, atoms, start = [], 0, 0
     for structure in atoms_list:
         if chunk and atoms + len(structure) > max_atoms:
-            yield chunk
+            yield (start, chunk) if offsets else chunk
+            start += len(chunk)
             chunk, atoms = [], 0
         chunk.append(structure)
         atoms += len(structure)
     if chunk:
-        yield chunk
+        yield (start, chunk) if offsets else chunk
+
+
+@contextmanager
+def _listed(start: int):
+    """An OverlapError of a chunk names the structure by its index in the list."""
+    try:
+        yield
+    except OverlapError as error:
+        raise error.renamed(structure=start + error.structure) from None

@@ -36,6 +36,19 @@ def make_radial_basis(name: str, n_rbf: int, cutoff: float) -> nn.Module:
     raise ValueError(f"unknown radial basis {name!r}; known: 'gaussian', 'sinc'")
 
 
+def _embedding(max_z: int, n_features: int) -> nn.Embedding:
+    """nn.Embedding(max_z, n_features) whose first 100 rows take the same random
+    draws as the 100-row table pygfm had before it embedded every element, and
+    whose other rows come from a fixed generator: a seeded model (a run, a test)
+    keeps the weights it had, for every element it could embed then."""
+    old = min(max_z, 100)
+    weight = torch.empty(max_z, n_features)
+    nn.init.normal_(weight[:old])
+    if max_z > old:
+        weight[old:].normal_(generator=torch.Generator().manual_seed(max_z))
+    return nn.Embedding.from_pretrained(weight, freeze=False)
+
+
 class PaiNNLayer(nn.Module):
     """One interaction (message) plus one mixing (update) block."""
 
@@ -68,13 +81,14 @@ class PaiNN(nn.Module):
         n_rbf: radial basis functions; ``radial_basis`` "gaussian" or "sinc".
         shared_interactions: one set of layer weights for every layer.
         shared_filters: one filter network for every layer.
-        max_z: atomic numbers 0..max_z-1 are embedded.
+        max_z: atomic numbers 0..max_z-1 are embedded; the default 119 covers
+            every element (Z = 1..118, the range of the data format).
     """
 
     def __init__(self, n_features: int = 128, n_interactions: int = 3, cutoff: float = 5.0,
                  n_rbf: int = 20, radial_basis: str = "gaussian", activation: str = "silu",
                  shared_interactions: bool = False, shared_filters: bool = False,
-                 epsilon: float = 1e-8, max_z: int = 100):
+                 epsilon: float = 1e-8, max_z: int = 119):
         super().__init__()
         # the constructor's arguments, so a checkpoint can rebuild this module
         self.config = dict(n_features=n_features, n_interactions=n_interactions,
@@ -89,7 +103,7 @@ class PaiNN(nn.Module):
         self.shared_interactions = shared_interactions
         self.radial_basis = make_radial_basis(radial_basis, n_rbf, cutoff)
         self.cutoff_fn = CosineCutoff(cutoff)
-        self.embedding = nn.Embedding(max_z, n_features)
+        self.embedding = _embedding(max_z, n_features)
         filter_sets = 1 if shared_filters else n_interactions
         self.filter_net = nn.Linear(n_rbf, filter_sets * 3 * n_features)
         nn.init.xavier_uniform_(self.filter_net.weight)
@@ -101,7 +115,8 @@ class PaiNN(nn.Module):
     def forward(self, numbers: torch.Tensor, vectors: torch.Tensor, graph: MessageGraph):
         """numbers [N] int64; vectors [E, 3] r_ij (Å) of the edges of ``graph``."""
         if numbers.numel() and (int(numbers.min()) < 0 or int(numbers.max()) >= self.max_z):
-            raise ValueError(f"PaiNN: atomic numbers must lie in [0, {self.max_z}), got "
+            raise ValueError(f"PaiNN: atomic numbers must lie in [0, {self.max_z}) (this "
+                             f"model embeds {self.max_z} elements), got "
                              f"{int(numbers.min())}..{int(numbers.max())}")
         dtype = self.embedding.weight.dtype
         distance = vectors.norm(dim=1)

@@ -24,9 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import (atomic_output, check_folder_is_ours, check_not_an_input,
+                      remove_stale_temporaries)
 from ..data import AtomicBatch
 from ..data.loader import _background
+from ..distributed import gpu_index
 from ..ops import neighbor_list
+from ..data.overlap import OverlapError
+from . import rows as rows_
 from .inputs import InputError, ScreenInput, Structures, open_input
 
 __all__ = ["ScreenError", "ScreenSettings", "screen"]
@@ -103,21 +108,42 @@ def _hill_formulas(numbers: np.ndarray, counts: np.ndarray) -> list[str]:
 def _atomic_write(path: Path, write) -> None:
     """write(tmp) then rename onto ``path`` (a file, or a directory such as an
     ADIOS2 .bp, whose old copy is removed only after the new one is in place)."""
-    import shutil
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         write(tmp)
-        if tmp.is_dir() and path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, old):
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            elif leftover.exists():
-                leftover.unlink()
+
+
+def _json_with(path: Path, keys: set) -> bool:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and keys <= set(content)
+
+
+def _is_screening_parts(parts: Path) -> bool:
+    """Whether ``parts`` is an OUTPUT.parts folder pygfm-screen made (its run.json)."""
+    return _json_with(parts / "run.json", {"model", "input", "chunk"})
+
+
+def _check_outputs(output: Path, parts: Path) -> None:
+    """Refuse a run whose outputs would replace files that are not a screening's:
+    OUTPUT (and the files beside it) only when OUTPUT.parts/run.json shows an
+    earlier screening into it (``run`` then checks it had the same settings);
+    NAME_summary.json and NAME_energies.png also when that summary is one
+    pygfm-screen wrote (a screening into NAME.csv, then into NAME.npz)."""
+    check_folder_is_ours(parts, _is_screening_parts, option="--output",
+                         tool="pygfm-screen")
+    if _is_screening_parts(parts):
+        return
+    summary = output.with_name(output.stem + "_summary.json")
+    beside = [output]
+    if not _json_with(summary, {"output", "structures_this_run"}):
+        beside += [summary, output.with_name(output.stem + "_energies.png")]
+    existing = [path for path in beside if path.exists() or path.is_symlink()]
+    if existing:
+        raise ScreenError(f"--output: {existing[0]} exists and is not the output of an earlier "
+                          f"screening into {output} (no {parts / 'run.json'}); pygfm-screen "
+                          "does not replace it: remove it or choose another --output")
 
 
 def _resolve_heads(model, text: str):
@@ -214,7 +240,7 @@ class Screen:
             if not torch.cuda.is_available():
                 raise ScreenError(f"--device {device}: torch sees no GPU")
             if self.device.index is None:
-                self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+                self.device = torch.device("cuda", gpu_index(torch.cuda.device_count()))
         # a producer thread overlaps data preparation with a GPU's work
         self.depth = 2 if self.device.type != "cpu" else 0
         if settings.neighbors not in ("auto", "host", "device"):
@@ -231,6 +257,13 @@ class Screen:
         parent = self.output.resolve().parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise ScreenError(f"--output: cannot write into {parent}")
+        self.parts = self.output.with_name(self.output.name + ".parts")
+        try:
+            if Path(settings.input).exists():  # a file or dataset, not a generator spec
+                check_not_an_input(self.output, [settings.input], option="--output")
+            _check_outputs(self.output, self.parts)
+        except FileExistsError as error:
+            raise ScreenError(str(error)) from None
         self.model = _load_model(settings.model, self.device, settings.precision)
         self.heads, self.auto = _resolve_heads(self.model, settings.heads)
         self.head_index = [self.model.head_index(h) for h in self.heads]
@@ -249,7 +282,6 @@ class Screen:
         if settings.rank_by not in (None, *self.columns):
             raise ScreenError(f"--rank-by: no column {settings.rank_by!r}; columns are "
                               f"{', '.join(c for c in self.columns if c not in ('formula',))}")
-        self.parts = self.output.with_name(self.output.name + ".parts")
 
     def _columns(self) -> list[str]:
         cols = ["id", "formula", "n_atoms"]
@@ -277,37 +309,54 @@ class Screen:
     def _run_chunk(self, k: int, structures: Structures, formulas: list, bar) -> dict:
         B = len(structures)
         H = len(self.heads)
-        energy = np.zeros((B, H))
-        max_force = np.zeros(B) if self.s.forces else None
-        blend = np.zeros(B) if self.auto else None
-        items = _batches(structures, self.s.batch_atoms, self.geometry, self.cutoff,
+        energy = np.full((B, H), np.nan)
+        max_force = np.full(B, np.nan) if self.s.forces else None
+        blend = np.full(B, np.nan) if self.auto else None
+        problems = [[] for _ in range(B)]  # the row status (pygfm.screen.rows)
+        known = self.model.head_elements[self.head_index].cpu().numpy()
+        unseen = rows_.unseen_elements(structures, known, self.heads, problems)
+        rows = rows_.thin_cell_rows(structures, problems)
+        todo = structures if len(rows) == B else rows_.subset(structures, rows)
+        items = _batches(todo, self.s.batch_atoms, self.geometry, self.cutoff,
                          self.max_neighbors, neighbors=not self.neighbors_on_device)
         for batch, where in _produce(items, depth=self.depth):
             batch = batch.to(self.device)
             if self.neighbors_on_device:
                 batch = _with_neighbors(batch, self.cutoff, self.max_neighbors)
-            weights = None
-            if self.auto or (self.s.forces and H > 1):
-                weights = self.model.head_weights(batch.numbers, batch.ptr, self.head_index) \
-                    if self.auto else torch.full((batch.num_structures, H), 1.0 / H,
-                                                 dtype=torch.float64, device=self.device)
-            heads = self.heads if H > 1 else self.heads[0]
-            with torch.inference_mode(not self.s.forces):
-                out = self.model(batch, heads, forces=self.s.forces,
-                                 force_weights=weights if H > 1 else None)
-            e = out["energy"].detach().double()
-            e = e[:, None] if e.dim() == 1 else e
-            energy[where] = e.cpu().numpy()
-            if self.auto:
-                blend[where] = (e * weights).sum(dim=1).cpu().numpy()
-            if self.s.forces:
-                norms = out["forces"].detach().double().norm(dim=-1)
-                peak = torch.zeros(batch.num_structures, dtype=torch.float64,
-                                   device=self.device).scatter_reduce(
-                    0, batch.structure_index(), norms, "amax", include_self=True)
-                max_force[where] = peak.cpu().numpy()
+            batch_rows = rows[where]
+            try:
+                out, weights = self._evaluate(batch, unseen[batch_rows])
+            except OverlapError:  # rare: leave those structures out, run the others
+                bad = rows_.overlapping_structures(batch, batch_rows, problems)
+                keep = [b for b in range(batch.num_structures) if b not in bad]
+                out = None
+                if keep:
+                    batch = _with_neighbors(rows_.select(batch, keep), self.cutoff,
+                                            self.max_neighbors)
+                    batch_rows = batch_rows[keep]
+                    out, weights = self._evaluate(batch, unseen[batch_rows])
+            if out is not None:
+                e = out["energy"].detach().double()
+                e = e[:, None] if e.dim() == 1 else e
+                energy[batch_rows] = e.cpu().numpy()
+                if self.auto:
+                    blend[batch_rows] = (e * weights).sum(dim=1).cpu().numpy()
+                if self.s.forces:
+                    norms = out["forces"].detach().double().norm(dim=-1)
+                    peak = torch.zeros(batch.num_structures, dtype=torch.float64,
+                                       device=self.device).scatter_reduce(
+                        0, batch.structure_index(), norms, "amax", include_self=True)
+                    max_force[batch_rows] = peak.cpu().numpy()
             if bar is not None:
-                bar.update(batch.num_structures * self.size)
+                bar.update((where.stop - where.start) * self.size)
+        if bar is not None and len(rows) < B:
+            bar.update((B - len(rows)) * self.size)
+        # a head's energy of elements it never saw is meaningless; with no head
+        # that saw them all, the blend and the forces are too
+        energy[unseen] = np.nan
+        for column in (blend, max_force):
+            if column is not None:
+                column[unseen.all(axis=1)] = np.nan
         result = {"id": structures.ids, "n_atoms": structures.counts.astype(np.int64),
                   "formula": np.array(formulas),
                   "energy": energy}
@@ -315,7 +364,28 @@ class Screen:
             result["blend"] = blend
         if max_force is not None:
             result["max_force"] = max_force
+        result["status"] = rows_.status_column(problems)
         return result
+
+    def _evaluate(self, batch: AtomicBatch, unseen: np.ndarray):
+        """(model output, blend weights [B, H] or None) of one batch; the weights
+        of heads that never saw an element of the structure are 0 (the others
+        renormalized). Raises OverlapError on overlapping atoms."""
+        H = len(self.heads)
+        weights = None
+        if self.auto or (self.s.forces and H > 1):
+            weights = self.model.head_weights(batch.numbers, batch.ptr, self.head_index) \
+                if self.auto else torch.full((batch.num_structures, H), 1.0 / H,
+                                             dtype=torch.float64, device=self.device)
+            if unseen.any():
+                weights = weights * torch.as_tensor(~unseen, device=self.device)
+                total = weights.sum(dim=1, keepdim=True)
+                weights = torch.where(total > 0, weights / total.clamp(min=1e-300), weights)
+        heads = self.heads if H > 1 else self.heads[0]
+        with torch.inference_mode(not self.s.forces):
+            out = self.model(batch, heads, forces=self.s.forces,
+                             force_weights=weights if H > 1 else None)
+        return out, weights
 
     def run(self) -> dict:
         total_chunks = self.input.num_chunks
@@ -336,8 +406,11 @@ class Screen:
                                       f"({previous}); remove it or choose another --output")
             else:
                 _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
-            for leftover in self.parts.glob(".chunk-*.tmp-*"):  # parts a kill cut short
-                leftover.unlink(missing_ok=True)
+            remove_stale_temporaries(self.parts, "chunk-*.npz")  # parts a kill cut short
+            for name in (self.output.name, "run.json", self.output.stem + "_summary.json",
+                         self.output.stem + "_energies.png"):
+                remove_stale_temporaries(self.parts if name == "run.json"
+                                         else self.output.parent, name)
         self._barrier()
         mine = [k for k in range(self.rank, total_chunks, self.size)
                 if not self._part(k).exists()]
@@ -386,6 +459,8 @@ class Screen:
     # -------------------------------------------------------------- the end
     def _merge(self, total_chunks: int, rates) -> dict:
         parts = [dict(np.load(self._part(k), allow_pickle=False)) for k in range(total_chunks)]
+        for part in parts:  # parts written before rows had a status
+            part.setdefault("status", np.full(len(part["id"]), "ok"))
         merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} \
             if parts else {}
         table = {"id": merged.get("id", np.zeros(0, np.int64)),
@@ -403,6 +478,7 @@ class Screen:
             table["energy_per_atom:auto"] = merged["blend"] / n
         if self.s.forces:
             table["max_force"] = merged["max_force"]
+        table["status"] = merged.get("status", np.zeros(0, str))
         _atomic_write(self.output, lambda p: _write_table(p, table, self.output.suffix))
         structures = int(sum(r[0] for r in rates))
         atoms = int(sum(r[1] for r in rates))
@@ -415,9 +491,11 @@ class Screen:
             "device": str(self.device), "precision": self.s.precision, "heads": self.heads,
             "auto": self.auto, "forces": self.s.forces,
         }
+        summary.update(_status_counts(table["status"], self.output))
         rank_by = self.s.rank_by or (f"energy_per_atom:{'auto' if self.auto else self.heads[0]}")
-        if self.s.top_k:
-            order = np.argsort(table[rank_by], kind="stable")[:self.s.top_k]
+        if self.s.top_k:  # rows whose value is NaN (not ok) are never ranked
+            valid = np.flatnonzero(np.isfinite(table[rank_by]))
+            order = valid[np.argsort(table[rank_by][valid], kind="stable")][:self.s.top_k]
             summary["rank_by"] = rank_by
             summary["top_k"] = [{c: _plain(table[c][i]) for c in table} for i in order]
         if len(table["id"]):
@@ -434,6 +512,21 @@ class Screen:
         return summary
 
 
+def _status_counts(status: np.ndarray, output: Path) -> dict:
+    """The summary's counts of rows that are not ok; one warning line if any."""
+    import sys
+
+    bad = status != "ok"
+    kinds = {"overlapping_atoms": int((np.char.find(status, "overlapping") >= 0).sum()),
+             "unseen_elements": int((np.char.find(status, "unseen") >= 0).sum())}
+    if bad.any():
+        print(f"warning: {int(bad.sum())} of {len(status)} structures are not ok "
+              f"({kinds['overlapping_atoms']} with overlapping atoms, "
+              f"{kinds['unseen_elements']} with elements a head never saw): their energies "
+              f"are NaN; see the status column of {output}", file=sys.stderr, flush=True)
+    return {"not_ok": int(bad.sum()), "not_ok_kinds": kinds}
+
+
 def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -441,10 +534,8 @@ def _plain(value):
 
 
 def _save_npz(path: Path, result: dict) -> None:
-    with open(path, "wb") as handle:
+    with open(path, "wb") as handle:  # fsynced by _atomic_write
         np.savez(handle, **result)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _write_table(path: Path, table: dict, suffix: str) -> None:

@@ -34,6 +34,7 @@ __all__ = ["ScreenInput", "open_input", "InputError", "SC26_CUTOFF", "SC26_MAX_N
 
 SC26_CUTOFF = 5.0
 SC26_MAX_NEIGHBORS = 20
+MAX_STRUCTURES = 2**62  # an input's structures are numbered in int64
 
 
 class InputError(ValueError):
@@ -118,6 +119,9 @@ class RandomInput(ScreenInput):
             raise InputError(f"{spec}: N must be a whole number, got {head!r}")
         if self.count < 1:
             raise InputError(f"{spec}: N must be >= 1")
+        if self.count > MAX_STRUCTURES:  # structure ids and counts are int64
+            raise InputError(f"{spec}: N = {head} is more than 2^62 structures, the most "
+                             "pygfm-screen can number")
         options = _options(spec, rest, {"seed": int, "min_atoms": int, "max_atoms": int,
                                         "box": float, "elements": str})
         self.seed = options.get("seed", 0)
@@ -178,7 +182,7 @@ def _read_template(spec: str, text: str):
     if not path.is_file():
         raise InputError(f"{spec}: template {text} is not a file (nor bulk-...)")
     try:
-        return ase.io.read(path)
+        return ase.io.read(path, parallel=False)  # every rank reads (no MPI broadcast)
     except Exception as error:  # noqa: BLE001
         raise InputError(f"{spec}: cannot read template {path}: {error}") from None
 
@@ -202,7 +206,7 @@ class SubstitutionInput(ScreenInput):
         else:
             self.sites = np.arange(len(symbols))
         self.count = len(self.choices) ** len(self.sites)
-        if self.count > 2**62:
+        if self.count > MAX_STRUCTURES:
             raise InputError(f"{spec}: {len(self.choices)}^{len(self.sites)} decorations are "
                              "too many to number")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .._files import atomic_output
 
 __all__ = ["energy_histogram"]
 
@@ -30,8 +31,9 @@ def energy_histogram(table: dict, columns, output) -> Path:
         axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     output = Path(output)
-    tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}{output.suffix}")
-    figure.savefig(tmp, dpi=110)
-    os.replace(tmp, output)
-    plt.close(figure)
+    try:
+        with atomic_output(output) as tmp:
+            figure.savefig(tmp, dpi=110)
+    finally:
+        plt.close(figure)
     return output

@@ -80,6 +80,12 @@ SCHEMA: dict[str, Any] = {
                              minimum=1),
         "prefetch": Field(int, 2, "batches prepared ahead in a thread", minimum=0),
     },
+    "data": {
+        "store": Field(str, "memory", "memory (each rank holds or reads every dataset) or "
+                       "distributed (each rank holds 1/N of every dataset, reads the rest "
+                       "from the other ranks by MPI one-sided access; needs mpiexec/srun); "
+                       "the batches are the same", choices=("memory", "distributed")),
+    },
     "model": {
         "n_features": Field(int, 64, "PaiNN features per atom", minimum=1),
         "n_interactions": Field(int, 3, "message + update layers", minimum=1),
@@ -126,9 +132,11 @@ SCHEMA: dict[str, Any] = {
                                   minimum=0),
     },
     "training": {
-        "max_steps": Field(int, 1000, "optimizer steps (the run's length)", minimum=0),
+        "max_steps": Field(int, 1000, "optimizer steps (the run's length); --resume with a "
+                           "larger value extends a finished run", minimum=1),
         "max_time": Field(float, None, "stop after this many seconds of training "
-                          "(also bounds HPO trials)", optional=True, minimum=0.0),
+                          "(also bounds HPO trials)", optional=True, minimum=0.0,
+                          exclusive_minimum=True),
         "eval_every": Field(int, 100, "steps between validations (and checkpoints)",
                             minimum=1),
         "ema_decay": Field(float, 0.99, "exponential moving average of the weights "
@@ -140,6 +148,8 @@ SCHEMA: dict[str, Any] = {
                                   "the validation objective", minimum=0.0),
         "objective_forces": Field(float, 1.0, "weight of the mean force MAE (eV/Å)",
                                   minimum=0.0),
+        "objective_datasets": Field(dict, {}, "per-dataset objective terms, added: {head: "
+                                    "{energy: w, forces: w}} (pygfm-hpo's objective.datasets)"),
         "log_every": Field(int, 10, "steps between progress updates", minimum=1),
         "plots": Field(bool, True, "write PNG learning curves and parity plots"),
     },
@@ -258,6 +268,9 @@ def _merge(prefix: str, schema: dict, given, base: Path | None) -> dict:
             out[key] = _merge(name, spec, given.get(key, {}) or {}, base)
         elif key == "datasets":
             out[key] = _datasets(name, given.get(key, []), base)
+        elif spec.kind is dict:  # the only mapping-valued setting: objective_datasets
+            from .objective import check_dataset_weights
+            out[key] = check_dataset_weights(name, copy.deepcopy(given.get(key, spec.default)))
         else:
             out[key] = _check_value(name, spec, copy.deepcopy(given.get(key, spec.default)),
                                     base)

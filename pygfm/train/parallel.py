@@ -15,6 +15,8 @@ need not visit every head).
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import os
 import socket
 import sys
@@ -24,7 +26,15 @@ import torch.distributed as dist
 
 from ..distributed import discover, mpi_comm
 
-__all__ = ["Parallel"]
+from .config import ConfigError
+from .resume import config_differences
+
+__all__ = ["Parallel", "RankConfigError"]
+
+
+class RankConfigError(ConfigError):
+    """The ranks of one job were given different configs. Every rank raises it
+    (they all compared the same configs), so none needs to end the others."""
 
 
 def _free_port() -> int:
@@ -137,12 +147,36 @@ class Parallel:
             bucket, size = ([p], p.grad.numel() * p.grad.element_size()) if p is not None \
                 else ([], 0)
 
+    def check_same_config(self, config: dict) -> None:
+        """RankConfigError on every rank when the ranks' resolved configs differ
+        (say an environment-dependent --set): the message names the keys."""
+        if self.size == 1:
+            return
+        text = json.dumps(config, sort_keys=True, default=str)
+        digests = [None] * self.size
+        dist.all_gather_object(digests, hashlib.sha256(text.encode()).hexdigest())
+        if len(set(digests)) == 1:
+            return
+        configs = [None] * self.size
+        dist.all_gather_object(configs, config)
+        other = next(r for r in range(self.size) if digests[r] != digests[0])
+        keys = config_differences(configs[0], configs[other])
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        raise RankConfigError(f"the ranks were given different configs: rank {other} differs "
+                              f"from rank 0 in {shown or 'its config'}; every rank must "
+                              "run the same config (check --set values that depend on the "
+                              "environment)")
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
 
     def close(self) -> None:
+        """End the process group once every rank is done with it: rank 0 hosts the
+        group's TCP store, and a rank that tore it down while another still used it
+        ended that one in std::terminate (seen as exit code 6 of a finished run)."""
         if self.started:
+            dist.barrier()
             dist.destroy_process_group()
             self.started = False
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .._files import atomic_output
 
 __all__ = ["learning_curves", "parity_plots"]
 
@@ -22,10 +23,8 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    figure.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def _read(path: Path) -> dict:

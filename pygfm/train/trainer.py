@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -31,21 +30,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import atomic_write_text, check_folder_is_ours, remove_stale_temporaries
 from ..data import BatchLoader, open_dataset
 from ..data.adios import write_json_atomic
-from ..data.statistics import compute_statistics
+from ..distributed import gpu_index
+from ..data.overlap import OverlapError
 from ..models import MultiHeadModel
-from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.checkpoint import load_checkpoint, representation_config, save_checkpoint
 from ..nn import PaiNN
 from .config import ConfigError, dump_config
 from .loss import label_counts, multitask_loss
+from .objective import objective_value, objective_weights
+from .resume import check_resume_config, config_differences, nothing_to_do
+from .datastore import DataStores
 from .parallel import Parallel
 
 __all__ = ["train", "TrainingError"]
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
-RESUME_SECTIONS = ("datasets", "model", "precision", "seed", "sampling", "loss", "finetune")
 _LOAD_IN_MEMORY_ATOMS = 5_000_000
+# the first line of a run's config.yaml: how a run directory is recognised as ours
+RUN_CONFIG_HEADER = "# written by pygfm-train: the resolved configuration of this run\n"
+# the files a run writes (temporaries of them that a SIGKILL left are removed)
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "summary.json", "summary.md",
+             "learning_curves.png", "parity_*.png")
 
 
 class TrainingError(RuntimeError):
@@ -53,10 +61,26 @@ class TrainingError(RuntimeError):
 
 
 # ------------------------------------------------------------------ helpers
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _is_run_dir(folder: Path) -> bool:
+    """Whether ``folder`` is a pygfm-train run directory (its config.yaml is ours)."""
+    try:
+        with open(folder / "config.yaml", encoding="utf-8") as handle:
+            return handle.readline() == RUN_CONFIG_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _claim_run_dir(run_dir: Path, resume: bool, is_main: bool) -> None:
+    """Refuse a run directory that is a file, or (for a new run) one that holds files
+    of someone else or a run already; then clear the temporaries a kill left."""
+    check_folder_is_ours(run_dir, (lambda folder: True) if resume else _is_run_dir,
+                         option="--run-dir", tool="pygfm-train")
+    if not resume and (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run (last.pt); continue it with "
+                              "--resume or choose another --run-dir")
+    if is_main:
+        for name in RUN_FILES:
+            remove_stale_temporaries(run_dir, name)
 
 
 def _device(name: str, parallel: Parallel) -> torch.device:
@@ -67,7 +91,7 @@ def _device(name: str, parallel: Parallel) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"device: {name} asked for, but torch sees no GPU")
         if device.index is None:
-            device = torch.device("cuda", parallel.local_rank % torch.cuda.device_count())
+            device = torch.device("cuda", gpu_index(torch.cuda.device_count()))
         torch.cuda.set_device(device)
     return device
 
@@ -83,15 +107,25 @@ def _open(path: str, parallel: Parallel):
     return open_dataset(path)
 
 
-def _split(entry: dict, index: int, seed: int, parallel: Parallel):
-    dataset = _open(entry["path"], parallel)
-    if int(dataset.num_atoms.sum()) < _LOAD_IN_MEMORY_ATOMS:
+def _open_entry(entry: dict, key: str, index: int, parallel: Parallel):
+    """The dataset of ``datasets[index].<key>``; a dataset that cannot be opened (a
+    missing or corrupt file) is a ConfigError naming the key and the file."""
+    from ..data import DatasetError
+    try:
+        return _open(entry[key], parallel)
+    except (DatasetError, FileNotFoundError) as error:
+        raise ConfigError(f"datasets[{index}].{key}: {error}") from None
+
+
+def _split(entry: dict, index: int, seed: int, parallel: Parallel, load: bool = True):
+    dataset = _open_entry(entry, "path", index, parallel)
+    if load and int(dataset.num_atoms.sum()) < _LOAD_IN_MEMORY_ATOMS:
         dataset = dataset.load()
     if len(dataset) == 0:
         raise ConfigError(f"datasets[{index}].path: {entry['path']} holds no structures")
     order = np.random.default_rng([seed, index]).permutation(len(dataset))
     if entry["validation"] is not None:
-        validation_view = _open(entry["validation"], parallel)
+        validation_view = _open_entry(entry, "validation", index, parallel)
         train_positions = order
     else:
         held = int(round(entry["validation_fraction"] * len(dataset)))
@@ -118,15 +152,26 @@ def _composition(source, limit: int = 20_000) -> np.ndarray:
                        minlength=MAX_ATOMIC_NUMBER + 1).astype(np.float64)
 
 
-def _schedule_factor(config: dict, step: int, plateau: float) -> float:
+def _cosine(config: dict, step: int, anchor: dict | None) -> float:
+    """The cosine factor at ``step``: from 1 after warm-up down to min_lr_ratio at
+    max_steps or, after a change of max_steps on --resume (``anchor``: the step
+    and factor then), from the anchor's factor down to min_lr_ratio at the new
+    max_steps, so that the learning rate never jumps."""
+    schedule = config["schedule"]
+    low, end = schedule["min_lr_ratio"], config["training"]["max_steps"]
+    start, high = (schedule["warmup_steps"], 1.0) if anchor is None else \
+        (anchor["step"], anchor["factor"])
+    progress = min(max(step - start, 0) / max(end - start, 1), 1.0)
+    return low + (high - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _schedule_factor(config: dict, step: int, plateau: float,
+                     anchor: dict | None = None) -> float:
     schedule = config["schedule"]
     warmup = schedule["warmup_steps"]
     factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     if schedule["kind"] == "cosine":
-        total = max(config["training"]["max_steps"] - warmup, 1)
-        progress = min(max(step - warmup, 0) / total, 1.0)
-        low = schedule["min_lr_ratio"]
-        factor *= low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+        factor *= _cosine(config, step, anchor)
     elif schedule["kind"] == "plateau":
         factor *= plateau
     return factor
@@ -167,15 +212,13 @@ class _Accumulator:
         return out
 
 
-def _objective(config: dict, metrics: dict) -> float:
-    energies = [m["energy_mae"] for m in metrics.values() if not math.isnan(m["energy_mae"])]
-    forces = [m["forces_mae"] for m in metrics.values() if not math.isnan(m["forces_mae"])]
-    value = 0.0
-    if energies:
-        value += config["training"]["objective_energy"] * float(np.mean(energies))
-    if forces:
-        value += config["training"]["objective_forces"] * float(np.mean(forces))
-    return value
+def _improves(objective: float, state: dict) -> bool:
+    """Whether a validation's objective makes a new best.pt: the first validation
+    always does (so best.pt exists once a validation ran), later ones when they are
+    finite and lower (a NaN objective, nothing measured, is never better)."""
+    if state["best_step"] < 0:
+        return True
+    return math.isfinite(objective) and not objective >= state["best"]
 
 
 # ------------------------------------------------------------------ the model
@@ -200,13 +243,13 @@ def _build_model(config: dict, names: list, statistics: dict):
     new_heads = [name for name in names if name not in old_heads]
     head_config = dict(content["head_config"])
     head_config.setdefault("direct_forces", False)
-    model = MultiHeadModel(PaiNN(**content["representation"]), old_heads + new_heads,
+    model = MultiHeadModel(PaiNN(**representation_config(content)), old_heads + new_heads,
                            **head_config)
-    state = content["state_dict"]
+    state = MultiHeadModel.upgrade_state(content["state_dict"])
     own = model.state_dict()
     with torch.no_grad():
         for key, value in state.items():
-            if key in MultiHeadModel._FLOAT64_BUFFERS:  # per-head rows
+            if key in MultiHeadModel._PER_HEAD_BUFFERS:  # per-head rows
                 own[key][:len(old_heads)] = value.to(own[key].dtype)
             elif key in own:
                 own[key].copy_(value.to(own[key].dtype))
@@ -241,6 +284,8 @@ class Trainer:
             torch.device("cuda") if config["device"].startswith("cuda") or (
                 config["device"] == "auto" and torch.cuda.is_available()) else None,
             config["distributed"]["timeout"])
+        self.parallel.check_same_config(config)
+        _claim_run_dir(self.run_dir, resume, self.parallel.is_main)
         self.device = _device(config["device"], self.parallel)
         self.progress = progress and self.parallel.is_main
         if config["threads"] is not None:
@@ -250,19 +295,25 @@ class Trainer:
         self._seed(config["seed"])
 
         # data
+        self.stores = DataStores(config["data"]["store"], self.parallel)
         self.names, train_sets, validation_sets, statistics = [], {}, {}, {}
         for index, entry in enumerate(config["datasets"]):
             own_name, train_view, validation_view = _split(entry, index, config["seed"],
-                                                          self.parallel)
+                                                          self.parallel, self.stores.load_whole)
             name = entry["name"] or own_name
             if name in train_sets:
                 raise ConfigError(f"datasets[{index}]: head name {name!r} is used twice; give "
                                   "the dataset its own `name`")
             self.names.append(name)
             train_sets[name], validation_sets[name] = train_view, validation_view
-            statistics[name] = compute_statistics(train_view)
+            statistics[name] = self.stores.statistics(train_view)
         self.statistics = statistics
         self.train_sets, self.validation_sets = train_sets, validation_sets
+        self.objective = objective_weights(config)
+        unknown = sorted(set(self.objective["datasets"]) - set(self.names))
+        if unknown:
+            raise ConfigError(f"training.objective_datasets.{unknown[0]}: no such head; the "
+                              f"heads are {', '.join(self.names)}")
         self.elements = sorted({e for s in statistics.values() for e in s.get("elements", [])})
 
         # model
@@ -294,6 +345,9 @@ class Trainer:
         self.loss_weights = torch.tensor([e["loss_weight"] for e in config["datasets"]],
                                          dtype=torch.float64)
 
+        # data.store: distributed puts 1/N of every set on each rank (same batches)
+        self.train_sets = train_sets = self.stores.hold(train_sets)
+        self.validation_sets = validation_sets = self.stores.hold(validation_sets)
         s = config["sampling"]
         geometry = torch.float64 if self.dtype == torch.float64 else torch.float32
         self.geometry_dtype = geometry
@@ -312,7 +366,8 @@ class Trainer:
 
         self.state = dict(step=0, epoch=0, position=0, best=float("inf"), best_step=-1,
                           bad_evaluations=0, plateau=1.0, plateau_best=float("inf"),
-                          plateau_bad=0, elapsed=0.0, structures=0, stopped="")
+                          plateau_bad=0, elapsed=0.0, structures=0, stopped="",
+                          schedule_anchor=None, schedule_max_steps=config["training"]["max_steps"])
         self.history: list[dict] = []
         self.train_metrics = _Accumulator(len(self.names))
         self.loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, steps)
@@ -344,18 +399,18 @@ class Trainer:
         if not path.exists():
             raise TrainingError(f"--resume: {path} does not exist (nothing to resume)")
         content = load_checkpoint(path)
-        saved = content["config"]
-        for section in RESUME_SECTIONS:
-            if saved.get(section) != self.config.get(section):
-                raise TrainingError(f"--resume: the config's `{section}` differs from the run "
-                                    f"in {self.run_dir}; resume with the same config (only "
-                                    "training, optimizer and schedule settings may change)")
+        check_resume_config(content["config"], self.config, self.run_dir)
         extra = content["extra"]
         self.model.load_state_dict(extra["model"])
         if self.ema is not None and extra["ema"] is not None:
             self.ema.load_state_dict(extra["ema"])
         self.optimizer.load_state_dict(extra["optimizer"])
+        # checkpoints of older pygfm lack the schedule's keys: it was planned for
+        # the saved max_steps
+        self.state.update({"schedule_anchor": None,
+                           "schedule_max_steps": content["config"]["training"]["max_steps"]})
         self.state.update(extra["state"])
+        self._extend()
         self.history = list(extra["history"])
         self.train_metrics.values.copy_(extra["train_metrics"])
         self.loss_sum.copy_(extra["loss_sum"])
@@ -369,6 +424,20 @@ class Trainer:
         if self.parallel.is_main:
             print(f"resumed from {path} at step {self.state['step']} (epoch "
                   f"{self.state['epoch']}, batch {self.state['position']})", flush=True)
+
+    def _extend(self) -> None:
+        """A resume with another max_steps: the cosine goes on from the learning rate
+        reached (no jump) down to min_lr_ratio at the new max_steps; a run that stopped
+        (finished, out of time, early-stopped) and now has steps left goes on."""
+        state = self.state
+        if self.config["training"]["max_steps"] != state["schedule_max_steps"]:
+            planned = {**self.config, "training": {**self.config["training"],
+                                                   "max_steps": state["schedule_max_steps"]}}
+            state["schedule_anchor"] = {"step": state["step"], "factor": _cosine(
+                planned, state["step"], state["schedule_anchor"])}
+            state["schedule_max_steps"] = self.config["training"]["max_steps"]
+        if state["stopped"] and nothing_to_do(self.config, state) is None:
+            state["stopped"] = ""  # set again when this part of the run ends
 
     def _sync_work(self) -> None:
         if self.work is not self.model:
@@ -395,16 +464,29 @@ class Trainer:
         stress = (batch.stress is not None and loss_config["stress"] > 0
                   and bool((batch.stress_mask & batch.pbc.all(dim=1)).any()))
         direct = model.force_heads is not None
-        return model(batch, dataset_heads=self.dataset_heads, forces=forces, stress=stress,
-                     direct_forces=direct)
+        try:
+            return model(batch, dataset_heads=self.dataset_heads, forces=forces,
+                         stress=stress, direct_forces=direct)
+        except OverlapError as error:  # a dataset written before convert checked this
+            b = error.structure
+            where = (f"dataset {self.names[int(batch.dataset[b])]!r}, sample "
+                     f"{int(batch.sample_id[b])} ({error.formula})")
+            raise TrainingError(f"{error.renamed(where=where)}; remove it from the dataset "
+                                "(pygfm-data convert refuses such structures)") from None
 
     def _step(self, batch) -> float:
         self.work.train()
         totals = self.parallel.sum(label_counts(batch)).to(self.device)
-        out = self._forward(self.work, batch, True)
-        loss, _ = multitask_loss(out, batch, self.config["loss"], self.loss_weights, totals)
-        finite = bool(torch.isfinite(loss.detach()))
+        try:
+            out = self._forward(self.work, batch, True)
+            loss, _ = multitask_loss(out, batch, self.config["loss"], self.loss_weights, totals)
+            bad_structure = None
+        except TrainingError as error:  # every rank stops together, not in a collective
+            bad_structure = error
+        finite = bad_structure is None and bool(torch.isfinite(loss.detach()))
         if self.parallel.any(not finite):
+            if bad_structure is not None:
+                raise bad_structure
             raise TrainingError(f"the loss became {float(loss):.3g} at step "
                                 f"{self.state['step']} (on some rank); lower optimizer.lr or "
                                 "check the data")
@@ -419,7 +501,8 @@ class Trainer:
         clip = self.config["optimizer"]["grad_clip"]
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(self.parameters, clip)
-        factor = _schedule_factor(self.config, self.state["step"], self.state["plateau"])
+        factor = _schedule_factor(self.config, self.state["step"], self.state["plateau"],
+                                  self.state["schedule_anchor"])
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.step()
@@ -500,7 +583,7 @@ class Trainer:
         for row in self.history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
                              for k, v in row.items()})
-        _write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
 
     # -------------------------------------------------------------- the loop
     def _validate_and_save(self, started: float) -> bool:
@@ -509,7 +592,7 @@ class Trainer:
         train = self.train_metrics.result(self.parallel, self.names)
         summed = self.parallel.sum(self.loss_sum)
         self.loss_sum.zero_()
-        objective = _objective(self.config, validation)
+        objective = objective_value(self.objective, validation)
         state = self.state
         row = {"step": state["step"], "epoch": state["epoch"],
                "elapsed_s": state["elapsed"] + time.perf_counter() - started,
@@ -524,7 +607,7 @@ class Trainer:
                 row[f"{split}_energy_mae/{name}"] = metrics[name]["energy_mae"]
                 row[f"{split}_forces_mae/{name}"] = metrics[name]["forces_mae"]
         self.history.append(row)
-        improved = objective < state["best"]
+        improved = _improves(objective, state)
         if improved:
             state["best"], state["best_step"], state["bad_evaluations"] = \
                 objective, state["step"], 0
@@ -557,7 +640,8 @@ class Trainer:
         training = config["training"]
         if self.parallel.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(self.run_dir / "config.yaml", dump_config(config))
+            atomic_write_text(self.run_dir / "config.yaml",
+                              RUN_CONFIG_HEADER + dump_config(config))
         self.parallel.barrier()
         bar = None
         if self.progress:
@@ -606,7 +690,9 @@ class Trainer:
             bar.close()
         if not state["stopped"]:
             state["stopped"] = f"max_steps {training['max_steps']} reached"
-        return self.finish()
+        summary = self.finish()
+        self.stores.close()  # collective: frees this run's stores before a next stage
+        return summary
 
     # -------------------------------------------------------------- the end
     def finish(self) -> dict:
@@ -628,6 +714,8 @@ class Trainer:
             "run_dir": str(self.run_dir), "stopped": self.state["stopped"],
             "steps": self.state["step"], "best_step": self.state["best_step"],
             "best_objective": self.state["best"], "precision": self.config["precision"],
+            # what the errors below are of: best.pt exists once a validation ran
+            "evaluated": "best.pt" if best_path.exists() else "the final weights",
             "ranks": self.parallel.size, "device": str(self.device),
             "structures_seen": self.state["structures"],
             "train_seconds": self.history[-1]["elapsed_s"] if self.history else 0.0,
@@ -643,7 +731,7 @@ class Trainer:
         }
         if self.parallel.is_main:
             write_json_atomic(self.run_dir / "summary.json", summary)
-            _write_text_atomic(self.run_dir / "summary.md", summary_markdown(summary))
+            atomic_write_text(self.run_dir / "summary.md", summary_markdown(summary))
             if self.config["training"]["plots"]:
                 from .report import learning_curves, parity_plots
                 try:
@@ -674,8 +762,9 @@ def summary_markdown(summary: dict) -> str:
              f"{summary['best_objective']:.4g} at step {summary['best_step']}; precision "
              f"{summary['precision']}, {summary['ranks']} rank(s) on {summary['device']}, "
              f"{summary['train_seconds']:.0f} s.", "",
-             "Validation errors of best.pt against the trivial baseline (per-element reference "
-             "energies fitted on the training set, zero forces):", "",
+             f"Validation errors of {summary.get('evaluated', 'best.pt')} against the trivial "
+             "baseline (per-element reference energies fitted on the training set, zero "
+             "forces):", "",
              "| head | val structures | energy MAE (meV/atom) | baseline | force MAE (meV/Å) "
              "| baseline |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
 
@@ -726,5 +815,5 @@ def train(config: dict, run_dir, *, resume: bool = False, progress: bool = True,
     summary["complete"] = True  # pygfm-train --resume skips a stage only when set
     if trainer.parallel.is_main:
         write_json_atomic(run_dir / "summary.json", summary)
-        _write_text_atomic(run_dir / "summary.md", summary_markdown(summary))
+        atomic_write_text(run_dir / "summary.md", summary_markdown(summary))
     return summary

@@ -156,7 +156,7 @@ def test_no_atoms_and_atoms_on_top_of_each_other():
                                              "forces": np.zeros((0, 3))})
     assert results(calc, ase.Atoms(cell=[3, 3, 3], pbc=True))["stress"].tolist() == [0.0] * 6
     pair = ase.Atoms("CuO", positions=[[1, 1, 1], [1, 1, 1]])
-    with pytest.raises(ValueError, match="atoms 0 and 1 lie on top of each other"):
+    with pytest.raises(ValueError, match="PyGFMCalculator: CuO: atoms 0 and 1 are 0.0000 Å"):
         results(calc, pair)
 
 
@@ -354,7 +354,9 @@ def test_cell_pbc_numbers_and_count_changes_rebuild():
 def test_bfgs_relaxes_a_rattled_cell():
     """A random smooth model has minima; BFGS needs forces consistent with the
     energy to reach one. With and without list reuse the path is the same."""
-    model = multihead(heads=["metals"], seed=2)
+    # seed 3: this random model's BFGS path keeps atoms apart (seed 2's, with 119
+    # embedding rows, passes atoms 0.004 Å apart: refused as overlapping)
+    model = multihead(heads=["metals"], seed=3)
     finals = []
     for skin in (0.5, 0.0):
         atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
@@ -411,7 +413,9 @@ def test_nve_md_conserves_energy():
     stays within a small fraction of the kinetic energy, and its error shrinks as
     the time step squared (so it is the integrator's, not inconsistent forces)."""
     atoms = Icosahedron("Cu", 2)
-    model = multihead(heads=["metals"], seed=0)
+    # seed 1: with every element embedded (119 rows) seed 0's random model
+    # exchanged too little energy for this test
+    model = multihead(heads=["metals"], seed=1)
     atoms.calc = calc = PyGFMCalculator(model)
     assert BFGS(atoms, logfile=None).run(fmax=0.05, steps=100)
     _thermalize(atoms, 300, seed=0)

@@ -429,13 +429,14 @@ def test_overwrite_refused_then_allowed(tmp_path):
     dataset = small(tmp_path, n=8, overwrite=True)
     assert len(dataset) == 8 and len(open_dataset(tmp_path / "small")) == 8
     assert only_dirs(tmp_path) == ["small"]  # no .partial or .old directory left
-    # a plain file in the way is also refused, then replaced
+    # a plain file in the way is refused, even with overwrite (it is not a dataset)
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError):
         write_dataset(tmp_path / "file", [molecule("H2O")], name="f", fidelity="x")
-    write_dataset(tmp_path / "file", [molecule("H2O")], name="f", fidelity="x",
-                  overwrite=True)
-    assert len(open_dataset(tmp_path / "file")) == 1
+    with pytest.raises(FileExistsError, match="is a file, not a directory"):
+        write_dataset(tmp_path / "file", [molecule("H2O")], name="f", fidelity="x",
+                      overwrite=True)
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_a_bad_sample_in_the_middle_leaves_nothing(tmp_path):
@@ -674,9 +675,11 @@ def test_bad_arrays_are_found_by_verify_and_load(written, tmp_path):
     _rewrite_shard(path, 6, poison)
     dataset = open_dataset(path)  # the cheap checks pass: sizes, counts and ids are fine
     shard = path / "shard-r0000-00006.bp"
-    with pytest.raises(ValueError, match=f"{shard}: 'positions' contains NaN"):
+    with pytest.raises(ValueError, match=f"{shard}: 'positions' of samples 0..6 hold NaN or "
+                                         "infinite values \\(corrupt shard"):
         dataset.verify()
-    with pytest.raises(ValueError, match=f"{shard}: 'positions' contains NaN"):
+    with pytest.raises(ValueError, match=f"{shard}: 'positions' of samples 0..6 hold NaN or "
+                                         "infinite values \\(corrupt shard"):
         open_dataset(path).load()
-    with pytest.raises(ValueError, match="'positions' contains NaN"):
+    with pytest.raises(ValueError, match="'positions' of samples 0..6 hold NaN"):
         open_dataset(path, verify=True)

@@ -146,10 +146,15 @@ def test_objective_against_direct_sum(maes, w_energy, w_forces, w_e0, w_f0):
                  "datasets": {"h0": {"energy": w_e0, "forces": w_f0}}}
     energies = [e for e, _ in maes]
     forces = [f for _, f in maes if not math.isnan(f)]
-    expected = w_energy * sum(energies) / len(energies)
-    if forces:
-        expected += w_forces * sum(forces) / len(forces)
-    expected += w_e0 * maes[0][0] + (w_f0 * maes[0][1] if w_f0 else 0.0)
+    # a term with a zero weight or nothing measured is left out; no term left: NaN
+    terms = [w_energy * sum(energies) / len(energies)] if w_energy else []
+    if forces and w_forces:
+        terms.append(w_forces * sum(forces) / len(forces))
+    if w_e0:
+        terms.append(w_e0 * maes[0][0])
+    if w_f0 and not math.isnan(maes[0][1]):
+        terms.append(w_f0 * maes[0][1])
+    expected = sum(terms) if terms else math.nan
     value = objective_value(objective, _summary(heads))
     if math.isnan(expected):
         assert math.isnan(value)
@@ -205,3 +210,40 @@ def test_resume_refuses_a_changed_search(tmp_path):
     assert Campaign(more, tmp_path / "run", resume=True, progress=False).config["trials"] == 9
     stored = yaml.safe_load((tmp_path / "run" / "campaign.yaml").read_text())
     assert stored["trials"] == 9
+
+
+def test_a_new_search_refuses_a_folder_of_other_files(tmp_path):
+    """Issue #15: pygfm-hpo writes over nothing it did not make."""
+    config = load_hpo_config(campaign_file(tmp_path))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "campaign.yaml").write_text("my own notes\n")
+    with pytest.raises(FileExistsError, match=r"mine: holds files that pygfm-hpo did not "
+                                              r"write \(campaign.yaml\)"):
+        Campaign(config, folder, progress=False)
+    assert (folder / "campaign.yaml").read_text() == "my own notes\n"
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(FileExistsError, match="is a file, not a directory"):
+        Campaign(config, tmp_path / "file", progress=False)
+    assert (tmp_path / "file").read_text() == "keep"
+    # a search killed before its first trial is its own: it may start again
+    Campaign(config, tmp_path / "run", progress=False)
+    Campaign(config, tmp_path / "run", progress=False)
+
+
+def test_resume_removes_only_the_temporaries_a_kill_left(tmp_path):
+    config = load_hpo_config(campaign_file(tmp_path))
+    run_dir = tmp_path / "run"
+    campaign = Campaign(config, run_dir, progress=False)
+    campaign._log({"event": "noop"})
+    campaign._prepare(1, {"model.n_features": 8})
+    stale = [run_dir / ".trials.csv.tmp-deadbeef.csv", run_dir / ".campaign.yaml.tmp-1a2b",
+             run_dir / "trials" / "00001" / ".config.yaml.tmp-0123abcd4567.yaml"]
+    kept = [run_dir / "notes.txt", run_dir / ".trials.csv.tmp-mine",
+            run_dir / "trials" / "00001" / "log.txt"]
+    for path in stale + kept:
+        path.write_text("x")
+    Campaign(config, run_dir, resume=True, progress=False)
+    assert [path for path in stale if path.exists()] == []
+    assert all(path.read_text() == "x" for path in kept)
+    assert (run_dir / "trials" / "00001" / "config.yaml").is_file()

@@ -261,7 +261,7 @@ def test_cli_errors(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "journal.jsonl").write_text("")
-    result = check(run_command(hpo_command(config_path, "--run-dir", run), tmp_path), code=1)
+    result = check(run_command(hpo_command(config_path, "--run-dir", run), tmp_path), code=2)
     assert "already holds a search" in result.stderr
     # evaluator.kind process under mpiexec would run the whole search on every rank
     result = run_command(mpiexec(2) + hpo_command(config_path, "--run-dir", tmp_path / "r2"),

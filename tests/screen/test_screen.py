@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def read_csv(path) -> dict:
     table = {}
     for i, name in enumerate(header):
         column = [r[i] for r in rows]
-        table[name] = np.array(column) if name == "formula" else \
+        table[name] = np.array(column) if name in ("formula", "status") else \
             np.array([int(v) for v in column]) if name in ("id", "n_atoms") else \
             np.array([float(v) for v in column])
     return table
@@ -113,6 +114,7 @@ def read_bp(path) -> dict:
     with adios2.FileReader(str(path)) as reader:
         table = {name: reader.read(name) for name in reader.available_variables()}
         table["formula"] = np.array(reader.read_attribute_string("formula"))
+        table["status"] = np.array(reader.read_attribute_string("status"))
     return table
 
 
@@ -206,7 +208,8 @@ def test_energies_equal_the_model(tmp_path, files, model, source, capsys):
     assert list(table["formula"]) == [hill(a) for a in structures]
     assert list(table) == ["id", "formula", "n_atoms"] + [
         f"{kind}:{h}" for h in HEADS for kind in ("energy", "energy_per_atom")] + \
-        ["spread_per_atom"]
+        ["spread_per_atom", "status"]
+    assert set(table["status"]) == {"ok"}
     for h, name in enumerate(HEADS):
         np.testing.assert_allclose(table[f"energy:{name}"] / n, expected["energy"][:, h] / n,
                                    rtol=0, atol=1e-9)
@@ -228,11 +231,12 @@ def test_npz_and_bp_hold_the_same_values(tmp_path, files, suffix, capsys):
     text, binary = read_csv(tmp_path / "a.csv"), read_table(tmp_path / f"a{suffix}")
     assert set(binary) == set(text)
     np.testing.assert_array_equal(binary["formula"], text["formula"])
+    np.testing.assert_array_equal(binary["status"], text["status"])
     for name in ("id", "n_atoms"):
         np.testing.assert_array_equal(binary[name], text[name])
         assert binary[name].dtype.kind == "i"
     for name in text:
-        if name not in ("id", "n_atoms", "formula"):
+        if name not in ("id", "n_atoms", "formula", "status"):
             assert binary[name].dtype == np.float64
             np.testing.assert_array_equal(binary[name], text[name])  # the CSV round-trips
 
@@ -283,7 +287,8 @@ def test_heads_subset(tmp_path, files, model, capsys):
     assert code == 0, err
     table = read_table(output)
     assert list(table) == ["id", "formula", "n_atoms", "energy:dft", "energy_per_atom:dft",
-                           "energy:metals", "energy_per_atom:metals", "spread_per_atom"]
+                           "energy:metals", "energy_per_atom:metals", "spread_per_atom",
+                           "status"]
     expected = reference(model, files["structures"], ["dft", "metals"])
     np.testing.assert_allclose(table["energy:dft"], expected["energy"][:, 0], rtol=1e-12)
     np.testing.assert_allclose(table["energy:metals"], expected["energy"][:, 1], rtol=1e-12)
@@ -292,7 +297,7 @@ def test_heads_subset(tmp_path, files, model, capsys):
     assert cli("--model", files["model"], "--input", files["extxyz"], "--output", single,
                "--heads", "molecules", "--precision", "fp64", capsys=capsys)[0] == 0
     assert list(read_table(single)) == ["id", "formula", "n_atoms", "energy:molecules",
-                                        "energy_per_atom:molecules"]
+                                        "energy_per_atom:molecules", "status"]
 
 
 def test_forces_are_those_of_the_mean_energy(tmp_path, files, model, capsys):
@@ -404,7 +409,7 @@ def test_top_k_is_sorted_and_correct(tmp_path, files, rank_by, capsys):
         i = row["id"]
         assert row["formula"] == table["formula"][i]
         for name in table:
-            if name not in ("id", "formula", "n_atoms"):
+            if name not in ("id", "formula", "n_atoms", "status"):
                 assert row[name] == pytest.approx(table[name][i], rel=1e-12)
     # printed too, one line per structure
     assert sum(line.startswith("  id=") for line in out.splitlines()) == 4
@@ -516,6 +521,62 @@ def test_error_outputs(tmp_path, files, capsys):
     (tmp_path / "file").write_text("x")
     assert "cannot write into" in error_of(capsys, *common, "--output", tmp_path / "file" / "o.csv")
     assert "must end in .csv, .bp" in error_of(capsys, *common, "--output", tmp_path / "o.txt")
+
+
+def test_outputs_that_are_not_a_screenings_are_refused_untouched(tmp_path, files, capsys):
+    """OUTPUT, NAME_summary.json and NAME_energies.png are replaced only when
+    OUTPUT.parts/run.json shows an earlier screening wrote them (issue #15)."""
+    common = ["--model", files["model"], "--input", "random:3,max_atoms=4"]
+    mine = tmp_path / "results.csv"
+    mine.write_text("my,own\n1,2\n")
+    message = error_of(capsys, *common, "--output", mine)
+    assert str(mine) in message and "not the output of an earlier screening" in message
+    assert mine.read_text() == "my,own\n1,2\n"
+    folder = tmp_path / "campaign.bp"  # e.g. someone's ADIOS2 file: never removed
+    folder.mkdir()
+    (folder / "data.0").write_bytes(b"precious")
+    assert "not the output of an earlier" in error_of(capsys, *common, "--output", folder)
+    assert (folder / "data.0").read_bytes() == b"precious"
+    (tmp_path / "other_summary.json").write_text("{}")
+    assert "other_summary.json exists" in error_of(capsys, *common, "--output",
+                                                   tmp_path / "other.npz")
+    parts = tmp_path / "x.csv.parts"  # a folder of someone else's under our parts name
+    parts.mkdir()
+    (parts / "notes.txt").write_text("mine")
+    assert "did not write (notes.txt)" in error_of(capsys, *common, "--output", tmp_path / "x.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["campaign.bp", "other_summary.json", "results.csv", "x.csv.parts"]
+    assert [p.name for p in parts.iterdir()] == ["notes.txt"]
+
+
+def test_the_input_is_never_the_output(tmp_path, files, capsys):
+    source = tmp_path / "set.bp"
+    shutil.copytree(files["dataset"], source)
+    message = error_of(capsys, "--model", files["model"], "--input", source, "--output", source)
+    assert "is the input" in message
+    assert (source / "pygfm-dataset.json").is_file()
+
+
+def test_a_rerun_removes_only_its_own_temporaries(tmp_path, files, capsys):
+    output = tmp_path / "o.bp"
+    args = ["--model", files["model"], "--input", "random:4,max_atoms=4", "--output", output,
+            "--chunk", "2"]
+    assert cli(*args, capsys=capsys)[0] == 0
+    parts = tmp_path / "o.bp.parts"
+    # what a SIGKILL during a chunk's or the merge's write leaves
+    (parts / ".chunk-000000001.npz.tmp-0123abcd4567.npz").write_bytes(b"half")
+    (tmp_path / ".o.bp.tmp-deadbeef.bp").mkdir()
+    (tmp_path / ".o_summary.json.tmp-feed.json").write_text("{")
+    kept = [tmp_path / ".o.bp.tmp-mine", tmp_path / "o.bp.tmp-deadbeef", parts / "notes.txt"]
+    for path in kept:
+        path.write_text("keep")
+    assert cli(*args, capsys=capsys)[0] == 0
+    assert read_bp(output)["id"].tolist() == [0, 1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["o.bp", "o.bp.parts", "o_summary.json", "o_energies.png", ".o.bp.tmp-mine",
+         "o.bp.tmp-deadbeef"])
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "chunk-000000000.npz", "chunk-000000001.npz", "journal.jsonl", "notes.txt", "run.json"]
 
 
 def test_error_settings(tmp_path, files, capsys):
@@ -677,3 +738,42 @@ def test_mpi_refusal_ends_every_rank(tmp_path, files):
     result = finish(start(command, cwd=tmp_path), timeout=60)
     assert result.returncode != 0
     assert "different screening run" in result.stderr
+
+
+# ----------------------------------------------------------------- row status
+def test_bad_rows_get_a_status_nan_energies_and_no_rank(tmp_path, files, capsys):
+    """Overlapping atoms, a tiny periodic cell and an element no head saw (Og):
+    the run finishes (exit 0) with one warning, those rows hold NaN energies
+    and their status, and top-k ranks only the good rows."""
+    good = [ase.build.bulk("Cu", "fcc", a=3.6, cubic=True), ase.build.molecule("H2O")]
+    pair = ase.Atoms("CuAu", positions=[[0, 0, 0], [0, 0, 0.004]])
+    tiny = ase.Atoms("Cu", cell=np.eye(3) * 0.005, pbc=True)
+    oganesson = ase.Atoms("OgH", positions=[[0, 0, 0], [0, 0, 1.5]])
+    source = tmp_path / "bad.extxyz"
+    ase.io.write(source, [good[0], pair, good[1], tiny, oganesson])
+    output = tmp_path / "bad.csv"
+    code, _, err = cli("--model", files["model"], "--input", source, "--output", output,
+                       "--top-k", 5, "--batch-atoms", 64, "--precision", "fp64",
+                       capsys=capsys)
+    assert code == 0
+    table = read_csv(output)
+    status = list(table["status"])
+    assert status[0] == status[2] == "ok"
+    assert status[1] == "overlapping atoms 0-1 at 0.0040 A"
+    assert status[3].startswith("overlapping atoms 0-0 at 0.0050 A")
+    assert status[4] == "; ".join(f"unseen element Og for head {h}" for h in HEADS)
+    for name in HEADS:
+        energy = table[f"energy:{name}"]
+        assert np.isfinite(energy[[0, 2]]).all() and np.isnan(energy[[1, 3, 4]]).all()
+    assert "warning: 3 of 5 structures are not ok" in err
+    summary = json.loads((tmp_path / "bad_summary.json").read_text())
+    assert summary["not_ok"] == 3
+    assert summary["not_ok_kinds"] == {"overlapping_atoms": 2, "unseen_elements": 1}
+    assert sorted(row["id"] for row in summary["top_k"]) == [0, 2]
+    # the good rows are those of a run without the bad ones
+    clean = tmp_path / "good.csv"
+    ase.io.write(tmp_path / "good.extxyz", good)
+    assert cli("--model", files["model"], "--input", tmp_path / "good.extxyz", "--output",
+               clean, "--precision", "fp64", capsys=capsys)[0] == 0
+    np.testing.assert_allclose(table["energy:dft"][[0, 2]], read_csv(clean)["energy:dft"],
+                               rtol=1e-12)

@@ -24,7 +24,7 @@ from ase.build import bulk, molecule
 
 import pygfm
 from _train_helpers import (HERE, PYTHON, TINY_HEADS, TRAIN_LOSS_CONFIG, cli,
-                            cli_command, describe, mpiexec, run_command, signal_when,
+                            cli_command, describe, env, mpiexec, run_command, signal_when,
                             tiny_config, write_yaml)
 from pygfm.train.config import defaults, load_config
 
@@ -318,13 +318,15 @@ DEMO_SHRINK = ["model.n_features=8", "model.n_interactions=1", "model.n_rbf=8",
                "training.max_steps=2", "training.eval_every=2", "training.plots=false",
                "sampling.batch_atoms=100", "sampling.prefetch=0", "threads=1", "device=cpu"]
 DEMO_ARGS = [a for o in DEMO_SHRINK for a in ("--set", o)]
+# tunes the demo's first stage (three datasets); the fine-tune stage (one) must not fail on it
+FIRST_STAGE_ONLY = ["--set", "datasets[2].weight=3"]
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """``pygfm-train`` with no config (the two-stage demo), shrunk by --set."""
     work = tmp_path_factory.mktemp("demo")
-    result = cli("--run-dir", work / "demo", "--quiet", *DEMO_ARGS, cwd=work)
+    result = cli("--run-dir", work / "demo", "--quiet", *DEMO_ARGS, *FIRST_STAGE_ONLY, cwd=work)
     return work / "demo", result
 
 
@@ -350,15 +352,20 @@ def test_demo_runs_both_stages(demo_run):
 
 
 def test_demo_override_of_a_first_stage_dataset(demo_run, tmp_path):
-    """`--set datasets[2].weight=3` tunes the demo's first stage (three datasets); the
-    fine-tune stage (one dataset) must not fail on it. Both stages of demo_run are
-    finished, so --resume skips both: it must exit 0, not fail in the second stage."""
+    """demo_run's `--set datasets[2].weight=3` tuned the first stage (three datasets) and
+    the fine-tune stage (one dataset) did not fail on it. Both stages are finished, so
+    --resume with the same arguments skips both: it must exit 0, not fail in the second
+    stage; without the override it would change the finished first stage: refused."""
     run_dir, first = demo_run
     assert first.returncode == 0, describe(first)
-    result = cli("--run-dir", run_dir, "--quiet", "--resume", *DEMO_ARGS,
-                 "--set", "datasets[2].weight=3", cwd=tmp_path)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["datasets"][2]["weight"] == 3.0
+    result = cli("--run-dir", run_dir, "--quiet", "--resume", *DEMO_ARGS, *FIRST_STAGE_ONLY,
+                 cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     assert result.stdout.count("already finished") == 2, describe(result)
+    result = cli("--run-dir", run_dir, "--quiet", "--resume", *DEMO_ARGS, cwd=tmp_path)
+    assert result.returncode == 2 and "datasets[2].weight" in result.stderr, describe(result)
 
 
 # ----------------------------------------------------------------- MPI
@@ -374,6 +381,18 @@ def test_two_ranks_run(config_file, tmp_path):
     assert not [n for n in names if "rank" in n or n.startswith(".") or ".tmp" in n], names
     assert "Traceback" not in result.stderr and ": error:" not in result.stderr, \
         describe(result)
+
+
+def test_two_ranks_convert_the_demo_data_on_first_use(tmp_path):
+    """A fresh cache: rank 0 converts the demo set while rank 1 waits. ASE's readers
+    broadcast from rank 0 under MPI unless told not to, so this hung before."""
+    config = write_yaml(tmp_path / "c.yaml", TRAIN_LOSS_CONFIG)
+    run_dir = tmp_path / "run"
+    result = run_command(mpiexec(2) + cli_command(config, "--run-dir", run_dir, "--quiet"),
+                         tmp_path, timeout=180, environment=env(PYGFM_CACHE=tmp_path / "cache"))
+    assert result.returncode == 0, describe(result)
+    assert list((tmp_path / "cache" / "demo").glob("molecules-b3lyp-*/pygfm-dataset.json"))
+    assert (run_dir / "best.pt").exists()
 
 
 def test_train_loss_is_the_loss_of_the_global_batch(tmp_path):

@@ -183,9 +183,9 @@ def test_direct_forces_stress_and_huber(tmp_path):
 def test_plateau_schedule_and_max_time(tmp_path):
     config = config_of(schedule={"kind": "plateau", "plateau_patience": 0,
                                  "plateau_factor": 0.5, "warmup_steps": 0},
-                       training={"max_steps": 100, "eval_every": 1, "max_time": 0.0})
+                       training={"max_steps": 100, "eval_every": 1, "max_time": 1e-6})
     summary = train(config, tmp_path / "run", progress=False)
-    # max_time 0: one step, then the run ends (validated and saved)
+    # max_time of a microsecond: one step, then the run ends (validated and saved)
     assert summary["steps"] == 1 and "max_time" in summary["stopped"]
     rows = metrics_rows(tmp_path / "run")
     assert [int(r["step"]) for r in rows] == [1]
@@ -202,3 +202,33 @@ def test_train_loss_alone_is_the_mean_step_loss(tmp_path):
     for row in rows:
         assert float(row["train_loss"]) == pytest.approx(
             float(row["train_energy_mae/molecules-b3lyp"]), rel=1e-4), row
+
+
+# ----------------------------------------------------------------- bad structures
+def test_a_dataset_with_overlapping_atoms_stops_naming_the_sample(tmp_path, monkeypatch):
+    """A dataset written before pygfm-data convert checked distances: the first
+    step fails naming the dataset and the sample, not with a NaN loss."""
+    import ase
+
+    import pygfm.data.overlap as overlap
+    from pygfm.data import write_dataset
+    from pygfm.train.trainer import TrainingError, train
+
+    structures = []
+    for k in range(6):
+        atoms = ase.Atoms("H2O", positions=[[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]])
+        if k == 4:
+            atoms.positions[1] = atoms.positions[0]
+        atoms.info["energy"] = -14.0 - 0.01 * k
+        structures.append(atoms)
+    with monkeypatch.context() as patch:  # as an older pygfm wrote it
+        patch.setattr(overlap, "sample_overlap", lambda *args: None)
+        write_dataset(tmp_path / "old", structures, name="old", fidelity="test")
+    with pytest.raises(ValueError) as refused:
+        write_dataset(tmp_path / "new", structures, name="new", fidelity="test")
+    assert "sample 4: atoms 0 and 1 are 0.0000 Å apart" in str(refused.value)
+    config = config_of([{"path": str(tmp_path / "old"), "validation_fraction": 0.0}],
+                       training={"max_steps": 2, "eval_every": 2, "plots": False})
+    with pytest.raises(TrainingError, match=r"dataset 'old', sample 4 \(H2O\): atoms 0 and 1 "
+                                            r"are 0.0000 Å apart"):
+        train(config, tmp_path / "run", progress=False)
