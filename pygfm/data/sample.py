@@ -101,7 +101,9 @@ class Sample:
     numbers [n] int64; positions [n, 3] Å; cell [3, 3] Å (rows are cell vectors,
     zeros for a molecule); pbc [3] bool; energy eV or None; forces [n, 3] eV/Å or
     None; stress [3, 3] eV/Å³ or None. ``dataset`` names the dataset it came from
-    and ``index`` is its position there (both optional).
+    and ``index`` is its position there (both optional). ``charge`` (total, in
+    elementary charges) and ``spin`` (the spin multiplicity 2S+1, as OMol25 and
+    fairchem's ASE-LMDB files store it) are None where unknown.
     """
 
     numbers: np.ndarray
@@ -113,6 +115,8 @@ class Sample:
     stress: np.ndarray | None = None
     dataset: str | None = None
     index: int | None = None
+    charge: float | None = None
+    spin: float | None = None
 
     def __post_init__(self):
         self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
