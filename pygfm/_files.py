@@ -30,7 +30,8 @@ from pathlib import Path
 
 __all__ = ["FileWriteError", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "atomic_output", "replace_path", "temporary_path", "is_temporary",
-           "remove_stale_temporaries", "check_folder_is_ours", "check_not_an_input"]
+           "remove_stale_temporaries", "check_folder_is_ours", "check_not_an_input",
+           "starts_with_line"]
 
 # .NAME.tmp-HEX with NAME's suffix or none (older pygfm wrote .NAME.tmp-<pid>)
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]+(?P<suffix>\.[^.]*)?$")
@@ -186,6 +187,16 @@ def atomic_write_json(path, content, indent: int = 1) -> Path:
 def _listing(names) -> str:
     names = sorted(names)
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def starts_with_line(path, line: str) -> bool:
+    """Whether the text file ``path`` exists and its first line is ``line`` (the
+    header by which pygfm recognises the run and search folders it wrote)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline() == line
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def check_folder_is_ours(folder, is_ours, *, option: str, tool: str) -> None:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from .._files import atomic_write_text, check_folder_is_ours, remove_stale_temporaries
+from .._files import (atomic_write_text, check_folder_is_ours, remove_stale_temporaries,
+                      starts_with_line)
 from ..train.config import ConfigError, dump_config
 from ..train.objective import objective_value as train_objective
 from .config import trial_config
@@ -51,11 +52,7 @@ class HPOError(RuntimeError):
 
 def _is_search_dir(folder: Path) -> bool:
     """Whether ``folder`` is a pygfm-hpo search directory (its campaign.yaml is ours)."""
-    try:
-        with open(folder / "campaign.yaml", encoding="utf-8") as handle:
-            return handle.readline() == CAMPAIGN_HEADER
-    except (OSError, UnicodeDecodeError):
-        return False
+    return starts_with_line(folder / "campaign.yaml", CAMPAIGN_HEADER)
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._files import atomic_write_text, check_folder_is_ours, remove_stale_temporaries
+from .._files import (atomic_write_text, check_folder_is_ours, remove_stale_temporaries,
+                      starts_with_line)
 from ..data import BatchLoader, open_dataset
 from ..data.adios import write_json_atomic
 from ..distributed import gpu_index
@@ -63,11 +64,7 @@ class TrainingError(RuntimeError):
 # ------------------------------------------------------------------ helpers
 def _is_run_dir(folder: Path) -> bool:
     """Whether ``folder`` is a pygfm-train run directory (its config.yaml is ours)."""
-    try:
-        with open(folder / "config.yaml", encoding="utf-8") as handle:
-            return handle.readline() == RUN_CONFIG_HEADER
-    except (OSError, UnicodeDecodeError):
-        return False
+    return starts_with_line(folder / "config.yaml", RUN_CONFIG_HEADER)
 
 
 def _claim_run_dir(run_dir: Path, resume: bool, is_main: bool) -> None:

@@ -109,6 +109,19 @@ def demo_cache() -> Path:
     return _CACHE["path"]
 
 
+@pytest.fixture
+def demo_environment(monkeypatch):
+    """The shared demo cache, and torch's thread count restored after each test (the
+    trainer sets it from `threads`). Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("demo_environment")`` after importing it."""
+    import torch
+
+    monkeypatch.setenv("PYGFM_CACHE", str(demo_cache()))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def env(**extra) -> dict:
     """The environment for a pygfm-train subprocess: the shared demo cache, one
     thread per process (the machine is small and shared)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_helpers import demo_cache, tiny_config, write_yaml
+from _train_helpers import demo_environment, tiny_config, write_yaml  # noqa: F401 (a fixture)
 from pygfm.train import resolve, train
 from pygfm.train.config import ConfigError
 from pygfm.train.objective import objective_value, objective_weights
@@ -27,12 +27,8 @@ WEIGHTS = {"energy": 1.0, "forces": 1.0, "datasets": {"molecules-dft": {"energy"
                                                                           "forces": 0.0}}}
 
 
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch):
-    monkeypatch.setenv("PYGFM_CACHE", str(demo_cache()))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# the shared demo cache; torch's thread count restored after each test
+pytestmark = pytest.mark.usefixtures("demo_environment")
 
 
 def test_the_rules_disagree_on_these_validations():

@@ -6,19 +6,15 @@ a SIGKILL left (and nothing else)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from _train_helpers import cli, demo_cache, describe, tiny_config, write_yaml
+from _train_helpers import (cli, demo_environment,  # noqa: F401 (a fixture)
+                            describe, tiny_config, write_yaml)
 from pygfm.train import Trainer, resolve, train
 from pygfm.train.trainer import RUN_CONFIG_HEADER
 
 
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch):
-    monkeypatch.setenv("PYGFM_CACHE", str(demo_cache()))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# the shared demo cache; torch's thread count restored after each test
+pytestmark = pytest.mark.usefixtures("demo_environment")
 
 
 def small_config() -> dict:

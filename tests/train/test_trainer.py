@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pygfm
-from _train_helpers import TRAIN_LOSS_CONFIG, demo_cache
+from _train_helpers import TRAIN_LOSS_CONFIG, demo_environment  # noqa: F401 (a fixture)
 from pygfm.models import MultiHeadModel, save_checkpoint
 from pygfm.nn import PaiNN
 from pygfm.train import ConfigError, Trainer, TrainingError, resolve, train
@@ -21,14 +21,8 @@ from pygfm.train import ConfigError, Trainer, TrainingError, resolve, train
 B3LYP = {"path": "demo:molecules-b3lyp", "max_samples": 30, "validation_fraction": 0.1}
 
 
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch):
-    """The shared demo cache, and torch's thread count restored after each test (the
-    trainer sets it from `threads`)."""
-    monkeypatch.setenv("PYGFM_CACHE", str(demo_cache()))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# the shared demo cache; torch's thread count restored after each test
+pytestmark = pytest.mark.usefixtures("demo_environment")
 
 
 def config_of(datasets=(B3LYP,), **sections) -> dict:
