@@ -11,9 +11,10 @@ The format is specified in ``docs/data-format.md``. In short::
                                 the arrays of a SampleBlock and the same metadata as
                                 attributes
 
-A dataset's k-th sample is the one whose ``sample_id`` is k; ids are the
-positions of the samples in the writer's input, so the order does not depend on
-how many ranks wrote the dataset.
+A dataset's k-th sample is the one with the k-th smallest ``sample_id``; ids are
+the positions of the samples in the writer's input (0..S-1, or with gaps where a
+format reader skipped structures), so the order does not depend on how many
+ranks wrote the dataset.
 
 Writing is atomic: everything goes to a hidden ``.NAME.partial-*`` directory that
 is renamed to ``DIR`` only when complete, so an interrupted conversion never
@@ -29,13 +30,14 @@ import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .._files import atomic_write_json, is_temporary, replace_path
-from .block import PER_ATOM, SampleBlock
+from .block import PER_ATOM, PROPERTIES, SampleBlock
 from .sample import LABELS, Sample
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "AtomicDataset", "open_dataset",
@@ -126,10 +128,12 @@ def _write_shard(path: Path, block: SampleBlock, attributes: dict) -> dict:
     ids = block.arrays["sample_id"]
     label_counts = {label: int(block.arrays[f"has_{label}"].sum())
                     for label in LABELS if f"has_{label}" in block.arrays}
+    property_counts = {name: int(block.arrays[f"has_{name}"].sum())
+                       for name in PROPERTIES if f"has_{name}" in block.arrays}
     return {"path": path.name, "num_samples": len(block), "num_atoms": block.num_atoms,
             "first_id": int(ids.min()), "last_id": int(ids.max()),
             "atomic_numbers": np.unique(block.arrays["numbers"]).tolist(),
-            "label_counts": label_counts, "files": files}
+            "label_counts": label_counts, "property_counts": property_counts, "files": files}
 
 
 def _elements(numbers: Iterable[int]) -> list[str]:
@@ -140,14 +144,25 @@ def _elements(numbers: Iterable[int]) -> list[str]:
 def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: str = "",
                   shard_size: int = 50_000, overwrite: bool = False, comm=None,
                   progress: bool = False, statistics: bool = True,
-                  total: int | None = None, **label_keys) -> "AtomicDataset | None":
+                  total: int | None = None,
+                  validate: Callable[[dict], None] | None = None,
+                  **label_keys) -> "AtomicDataset | None":
     """Write samples (``ase.Atoms`` with labels, or :class:`Sample`) as a dataset.
 
     ``samples`` is this rank's share when ``comm`` (an mpi4py communicator) is
     given: every rank passes the items whose input position k satisfies
-    ``k % size == rank`` (checked), and the dataset's order is the input order. ``shard_size`` bounds the samples held in
+    ``k % size == rank`` (checked), and the dataset's order is the input order.
+    An item may also be a ``(k, sample)`` pair, as a format reader's ``read(path,
+    options, rank, size)`` yields them: k is the input position (checked: k % size
+    == rank, increasing) and becomes the sample id, so a reader may skip positions
+    (a conformer with no value at the level read) and the dataset's order is still
+    the input order, whatever the number of ranks. ``shard_size`` bounds the samples held in
     memory and per shard. ``label_keys`` (energy_key, forces_key, stress_key)
     say where to find labels in ``Atoms.info``/``arrays``.
+
+    ``validate(manifest)`` runs on rank 0 before the dataset is published; raising
+    there aborts the write and leaves nothing behind (``pygfm-data convert`` uses it
+    to refuse a label key found in no structure).
 
     Returns the opened dataset (on rank 0 only when ``comm`` is given).
     Fails, naming the sample, on bad structures; nothing is left behind then.
@@ -207,11 +222,16 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
         raise RuntimeError("write_dataset: another rank failed: "
                            + "; ".join(str(f) for f in failures if f is not None))
     all_entries = entries if comm is None else [e for part in comm.gather(entries) or [] for e in part]
+    # positions given with the samples were checked one by one (and may have gaps)
+    paired = any([entry.pop("_pairs", False) for entry in all_entries])
     result = None
     if rank == 0:
         try:
-            _check_round_robin(all_entries, size)
+            if not paired:
+                _check_round_robin(all_entries, size)
             manifest = _manifest(all_entries, name, description, fidelity)
+            if validate is not None:
+                validate(manifest)
             write_json_atomic(tmp / MANIFEST, manifest)
             _publish(tmp, target, overwrite)
         except BaseException as caught:  # noqa: BLE001 - re-raised below
@@ -254,6 +274,7 @@ def _write_rank_shards(tmp, samples, name, rank, size, shard_size, attributes, p
                        total, label_keys) -> list[dict]:
     entries, pending = [], []
     bar = _progress(total, f"writing {name}") if progress else None
+    paired, previous = False, -1
 
     def flush():
         block = SampleBlock.from_samples(pending, name)
@@ -264,13 +285,21 @@ def _write_rank_shards(tmp, samples, name, rank, size, shard_size, attributes, p
                                 num_samples=np.array([len(block)], dtype=np.int64),
                                 num_atoms=np.array([block.num_atoms], dtype=np.int64))
         entries.append(_write_shard(shard, block, shard_attributes))
+        if paired:
+            entries[-1]["_pairs"] = True
         pending.clear()
 
     for position, item in enumerate(samples):
         index = rank + position * size
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, np.integer)):
+            index, item = int(item[0]), item[1]
+            if index % size != rank or index <= previous:  # ids would collide or disorder
+                raise ValueError(f"write_dataset: rank {rank} of {size} got input position "
+                                 f"{index} after {previous}; each rank takes positions k "
+                                 f"with k % {size} == {rank}, in increasing order")
+            paired, previous = True, index
         if isinstance(item, Sample):
-            sample = Sample(item.numbers, item.positions, item.cell, item.pbc, item.energy,
-                            item.forces, item.stress, dataset=name, index=index)
+            sample = replace(item, dataset=name, index=index)
         else:
             sample = Sample.from_ase(item, dataset=name, index=index, **label_keys)
         sample.check_overlap()
@@ -296,11 +325,13 @@ def _progress(total, description):
 
 def _manifest(entries, name, description, fidelity) -> dict:
     entries = sorted(entries, key=lambda e: e["path"])
-    numbers, label_counts = set(), {}
+    numbers, label_counts, property_counts = set(), {}, {}
     for entry in entries:
         numbers.update(entry["atomic_numbers"])
         for label, count in entry["label_counts"].items():
             label_counts[label] = label_counts.get(label, 0) + count
+        for prop, count in entry.get("property_counts", {}).items():
+            property_counts[prop] = property_counts.get(prop, 0) + count
     labels = [label for label in LABELS if label_counts.get(label)]
     num_samples = sum(e["num_samples"] for e in entries)
     return {
@@ -308,7 +339,12 @@ def _manifest(entries, name, description, fidelity) -> dict:
         "description": description, "fidelity": fidelity, "units": UNITS,
         "elements": _elements(numbers), "labels": labels,
         "label_counts": {label: label_counts.get(label, 0) for label in LABELS},
+        # samples with a known total charge / spin multiplicity (optional arrays)
+        "property_counts": {prop: property_counts.get(prop, 0) for prop in PROPERTIES},
         "num_samples": num_samples, "num_atoms": sum(e["num_atoms"] for e in entries),
+        # ids skip positions a reader left out (only written when they do)
+        **({"id_gaps": True} if entries and max(e["last_id"] for e in entries) + 1
+           != num_samples else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "writer": _writer(), "shards": entries,
     }
@@ -498,11 +534,20 @@ class AtomicDataset(Sequence):
             counts_all.append(arrays["atom_count"])
         total = self.manifest["num_samples"]
         ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
-        if len(ids) != total or (total and not np.array_equal(np.sort(ids), np.arange(total))):
-            raise DatasetError(f"{self.path}: sample ids are not 0..{total - 1} "
-                               "(shards missing, duplicated or corrupt)")
-        order = np.empty(total, dtype=np.int64)
-        order[ids] = np.arange(total)
+        # ids are input positions, 0..S-1; with gaps (the manifest says so) where a
+        # reader skipped structures: the k-th sample has the k-th smallest id
+        if not self.manifest.get("id_gaps"):
+            if len(ids) != total or (total and not np.array_equal(np.sort(ids),
+                                                                  np.arange(total))):
+                raise DatasetError(f"{self.path}: sample ids are not 0..{total - 1} "
+                                   "(shards missing, duplicated or corrupt)")
+            order = np.empty(total, dtype=np.int64)
+            order[ids] = np.arange(total)
+        else:
+            order = np.argsort(ids, kind="stable")
+            if len(ids) != total or (total > 1 and not (np.diff(ids[order]) > 0).all()):
+                raise DatasetError(f"{self.path}: {len(ids)} sample ids for {total} samples, "
+                                   "or repeated ids (shards missing, duplicated or corrupt)")
         self._shard_of = (np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32))[order]
         self._local_of = (np.concatenate(local_of) if local_of else ids)[order]
         self._atom_counts = (np.concatenate(counts_all) if counts_all else ids)[order]

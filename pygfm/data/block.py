@@ -19,7 +19,13 @@ sample_id             [S]         int64      index of the sample in its dataset
 energy, has_energy    [S]         f64, u8    eV
 has_forces            [S]         uint8
 stress, has_stress    [S, 3, 3]   f64, u8    eV/Å³, ASE sign
+charge, has_charge    [S]         f64, u8    total charge, elementary charges
+spin, has_spin        [S]         f64, u8    spin multiplicity 2S+1
 ====================  ==========  =========  ===========================
+
+``charge`` and ``spin`` are optional per-sample properties stored like labels
+(zero with ``has_*`` 0 where unknown, left out when no sample has one): blocks and
+shards written before they existed simply lack them.
 """
 
 from __future__ import annotations
@@ -31,16 +37,23 @@ import numpy as np
 
 from .sample import LABELS, MAX_ATOMIC_NUMBER, Sample
 
-__all__ = ["SampleBlock", "PER_ATOM", "PER_SAMPLE"]
+__all__ = ["SampleBlock", "PER_ATOM", "PER_SAMPLE", "PROPERTIES", "MASKED"]
+
+# Per-sample properties that are inputs, not training targets: kept apart from
+# LABELS so that losses and statistics never see them as labels.
+PROPERTIES = ("charge", "spin")
+# Everything stored as value + has_<name> mask.
+MASKED = LABELS + PROPERTIES
 
 PER_ATOM = ("numbers", "positions", "forces")
 PER_SAMPLE = ("atom_offset", "atom_count", "cell", "pbc", "sample_id", "energy", "has_energy",
-              "has_forces", "stress", "has_stress")
+              "has_forces", "stress", "has_stress", "charge", "has_charge", "spin", "has_spin")
 DTYPES = {"numbers": np.uint8, "positions": np.float64, "forces": np.float64,
           "atom_offset": np.int64, "atom_count": np.int64, "cell": np.float64,
           "pbc": np.uint8, "sample_id": np.int64, "energy": np.float64,
           "has_energy": np.uint8, "has_forces": np.uint8, "stress": np.float64,
-          "has_stress": np.uint8}
+          "has_stress": np.uint8, "charge": np.float64, "has_charge": np.uint8,
+          "spin": np.float64, "has_spin": np.uint8}
 TRAILING = {"positions": (3,), "forces": (3,), "cell": (3, 3), "pbc": (3,), "stress": (3, 3)}
 REQUIRED = ("numbers", "positions", "atom_offset", "atom_count", "cell", "pbc", "sample_id")
 
@@ -102,6 +115,11 @@ class SampleBlock:
             arrays["stress"] = stack([np.zeros((3, 3)) if s.stress is None else s.stress
                                       for s in samples], "stress", False)
             arrays["has_stress"] = np.array([s.stress is not None for s in samples], np.uint8)
+        for name in PROPERTIES:
+            values = [getattr(s, name) for s in samples]
+            if any(v is not None for v in values):
+                arrays[name] = np.array([0.0 if v is None else v for v in values], np.float64)
+                arrays[f"has_{name}"] = np.array([v is not None for v in values], np.uint8)
         return cls(arrays, dataset)
 
     def sample(self, k: int) -> Sample:
@@ -122,6 +140,8 @@ class SampleBlock:
             stress=a["stress"][k].copy() if a.get("has_stress", np.zeros(k + 1))[k] else None,
             dataset=self.dataset,
             index=int(a["sample_id"][k]),
+            charge=float(a["charge"][k]) if a.get("has_charge", np.zeros(k + 1))[k] else None,
+            spin=float(a["spin"][k]) if a.get("has_spin", np.zeros(k + 1))[k] else None,
         )
 
     def select(self, indices: Sequence[int] | np.ndarray) -> "SampleBlock":
@@ -196,7 +216,7 @@ class SampleBlock:
         if bad.any():
             raise ValueError(f"{where}: atomic number {int(a['numbers'][np.argmax(bad)])} "
                              f"is not an element")
-        for name in ("positions", "cell", "energy", "forces", "stress"):
+        for name in ("positions", "cell", "energy", "forces", "stress") + PROPERTIES:
             if name in a and not np.isfinite(a[name]).all():
                 raise ValueError(f"{where}: {name!r} contains NaN or inf")
 

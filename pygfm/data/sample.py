@@ -22,6 +22,11 @@ ENERGY_KEYS = ("energy", "REF_energy", "total_energy", "Energy")
 FORCES_KEYS = ("forces", "REF_forces", "force")
 STRESS_KEYS = ("stress", "REF_stress")
 VIRIAL_KEYS = ("virial", "REF_virial")
+# Total charge and spin multiplicity (2S+1) in atoms.info: fairchem's OMol25
+# ASE-LMDB/extxyz files use "charge" and "spin" (the multiplicity); "multiplicity"
+# is accepted as a clearer spelling of the same number.
+CHARGE_KEYS = ("charge", "total_charge")
+SPIN_KEYS = ("spin", "multiplicity", "spin_multiplicity")
 
 
 def _where(name: str | None, index: int | None) -> str:
@@ -44,15 +49,23 @@ def _stress_tensor(value, where: str) -> np.ndarray:
 
 
 def labels_from_ase(atoms, *, energy_key: str | None = None, forces_key: str | None = None,
-                    stress_key: str | None = None, where: str = "structure") -> dict:
+                    stress_key: str | None = None, where: str = "structure",
+                    missing: str = "raise") -> dict:
     """Energy, forces and stress of an ``ase.Atoms`` (each None when absent).
 
     Taken from the attached calculator's results first, then from ``atoms.info`` /
     ``atoms.arrays`` under the usual names (``energy``, ``REF_energy``, ...; a
     ``virial`` V becomes stress -V / volume). An explicit ``*_key`` is looked up
-    in info/arrays only and must exist; the labels without one still come from the
-    calculator first (ase.io puts an extxyz's ``forces`` column there).
+    in info/arrays only; the labels without one still come from the calculator
+    first (ase.io puts an extxyz's ``forces`` column there). A stress key naming a
+    virial (``virial``, ``REF_virial``: eV) is converted to stress -V / volume, ASE's
+    sign. ``missing="raise"``: an explicit key absent from this structure is a
+    KeyError naming the keys there; ``"mask"``: that label is None, and so is a
+    label holding NaN (partial labels in a converted file: the caller checks that
+    the key exists somewhere).
     """
+    if missing not in ("raise", "mask"):
+        raise ValueError(f"missing: {missing!r} is not 'raise' or 'mask'")
     results: dict[str, Any] = {}
     calc = getattr(atoms, "calc", None)
     if calc is not None:
@@ -60,6 +73,8 @@ def labels_from_ase(atoms, *, energy_key: str | None = None, forces_key: str | N
 
     def lookup(explicit, names, store, label):
         if explicit is not None:
+            if explicit not in store and missing == "mask":
+                return None
             if explicit not in store:
                 raise KeyError(f"{where}: no {label} under the key {explicit!r} "
                                f"(available: {sorted(store)})")
@@ -78,15 +93,22 @@ def labels_from_ase(atoms, *, energy_key: str | None = None, forces_key: str | N
     if forces is None:
         forces = lookup(forces_key, FORCES_KEYS, atoms.arrays, "forces")
     stress = None if stress_key is not None else results.get("stress")
-    if stress is None:
+    virial = None
+    if stress_key is not None and "virial" in stress_key.lower():
+        virial = lookup(stress_key, (), atoms.info, "virial")
+    elif stress is None:
         stress = lookup(stress_key, STRESS_KEYS, atoms.info, "stress")
     if stress is None and stress_key is None:
         virial = lookup(None, VIRIAL_KEYS, atoms.info, "virial")
-        if virial is not None:
-            volume = abs(np.linalg.det(atoms.get_cell().array))
-            if volume <= 0:
-                raise ValueError(f"{where}: a virial is given but the cell has no volume")
-            stress = -_stress_tensor(virial, where) / volume
+    if virial is not None:
+        volume = abs(np.linalg.det(atoms.get_cell().array))
+        if volume <= 0:
+            raise ValueError(f"{where}: a virial is given but the cell has no volume")
+        stress = -_stress_tensor(virial, where) / volume
+    if missing == "mask":  # NaN marks a missing value in many files: mask it, never store it
+        energy, forces, stress = (None if value is None or not np.isfinite(
+            np.asarray(value, dtype=np.float64)).all() else value
+            for value in (energy, forces, stress))
     return {
         "energy": None if energy is None else float(np.asarray(energy).reshape(())),
         "forces": None if forces is None else np.asarray(forces, dtype=np.float64),
@@ -129,6 +151,10 @@ class Sample:
             self.stress = _stress_tensor(self.stress, self.where)
         if self.energy is not None:
             self.energy = float(self.energy)
+        for name in ("charge", "spin"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, float(np.asarray(value, dtype=np.float64).reshape(())))
         self.validate()
 
     @property
@@ -172,6 +198,9 @@ class Sample:
                 raise ValueError(f"{where}: forces contain NaN or inf")
         if self.stress is not None and not np.isfinite(self.stress).all():
             raise ValueError(f"{where}: stress contains NaN or inf")
+        for name in ("charge", "spin"):
+            if getattr(self, name) is not None and not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{where}: {name} is {getattr(self, name)}")
         if self.pbc.any():
             periodic = self.cell[self.pbc]
             if np.linalg.matrix_rank(periodic) < periodic.shape[0]:
@@ -192,21 +221,30 @@ class Sample:
     @classmethod
     def from_ase(cls, atoms, *, dataset: str | None = None, index: int | None = None,
                  labels: bool = True, energy_key: str | None = None,
-                 forces_key: str | None = None, stress_key: str | None = None) -> "Sample":
-        """A Sample from an ``ase.Atoms`` with its labels (see :func:`labels_from_ase`)."""
+                 forces_key: str | None = None, stress_key: str | None = None,
+                 missing: str = "raise") -> "Sample":
+        """A Sample from an ``ase.Atoms`` with its labels (see :func:`labels_from_ase`;
+        ``missing``: what an explicit key absent here does). ``charge`` and ``spin``
+        come from ``atoms.info`` (:data:`CHARGE_KEYS`, :data:`SPIN_KEYS`; spin is the
+        multiplicity 2S+1, fairchem's convention), None where absent or NaN."""
         where = _where(dataset, index)
         if not hasattr(atoms, "get_positions"):
             raise TypeError(f"{where} is a {type(atoms).__name__}, not an ase.Atoms")
         found = (labels_from_ase(atoms, energy_key=energy_key, forces_key=forces_key,
-                                 stress_key=stress_key, where=where)
+                                 stress_key=stress_key, where=where, missing=missing)
                  if labels else {})
+        for name, keys in (("charge", CHARGE_KEYS), ("spin", SPIN_KEYS)):
+            value = next((atoms.info[key] for key in keys if key in atoms.info), None)
+            if value is not None and np.isfinite(np.asarray(value, dtype=np.float64)).all():
+                found[name] = value
         return cls(numbers=atoms.get_atomic_numbers(), positions=atoms.get_positions(),
                    cell=atoms.get_cell().array, pbc=atoms.get_pbc(), dataset=dataset,
                    index=index, **found)
 
     def to_ase(self):
         """``ase.Atoms`` with the labels attached as a SinglePointCalculator (stress
-        in ASE's Voigt order); ``info`` carries ``dataset`` and ``index``."""
+        in ASE's Voigt order); ``info`` carries ``dataset``, ``index``, ``charge`` and
+        ``spin``."""
         from ase import Atoms
         from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -226,4 +264,8 @@ class Sample:
             atoms.info["dataset"] = self.dataset
         if self.index is not None:
             atoms.info["index"] = self.index
+        if self.charge is not None:
+            atoms.info["charge"] = self.charge
+        if self.spin is not None:
+            atoms.info["spin"] = self.spin
         return atoms

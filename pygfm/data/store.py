@@ -70,15 +70,15 @@ from typing import Any
 
 import numpy as np
 
-from .block import DTYPES, PER_ATOM, SampleBlock, _ranges
-from .sample import LABELS, Sample
+from .block import DTYPES, MASKED, PER_ATOM, SampleBlock, _ranges
+from .sample import Sample
 
 __all__ = ["DistributedStore"]
 
 # Arrays every rank derives from the gathered atom counts; never fetched.
 _DERIVED = ("atom_offset", "atom_count")
 # Arrays a rank may lack (label value and mask): filled with zeros there.
-_OPTIONAL = {name: label for label in LABELS for name in (label, f"has_{label}")}
+_OPTIONAL = {name: label for label in MASKED for name in (label, f"has_{label}")}
 # Samples fetched per get_block call while iterating.
 _ITER_CHUNK = 1024
 
@@ -164,7 +164,7 @@ def _prepare_local(block: SampleBlock, where: str) -> SampleBlock:
         if name not in DTYPES and value.shape[:1] != (n,):
             raise ValueError(f"{where}: the extra array {name!r} has shape {list(value.shape)}; "
                              f"extra arrays are per sample and must have {n} rows")
-    for label in LABELS:
+    for label in MASKED:
         if (label in block.arrays) != (f"has_{label}" in block.arrays):
             raise ValueError(f"{where}: the block has only one of {label!r} and "
                              f"'has_{label}'")

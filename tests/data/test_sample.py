@@ -399,3 +399,18 @@ def test_check_catches_a_missing_required_array():
     del block.arrays["sample_id"]
     with pytest.raises(ValueError, match="here: the array 'sample_id' is missing"):
         block.check("here")
+
+
+def test_masked_keys_virial_key_and_charge_spin_from_info():
+    """missing="mask" (what pygfm-data convert uses): an absent explicit key or a NaN
+    gives None; a stress key naming a virial gives -V / volume (ASE's sign)."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.info.update(REF_energy=float("nan"), my_virial=np.diag([1.0, 2.0, 3.0]),
+                      charge=-1, multiplicity=2)
+    sample = Sample.from_ase(atoms, energy_key="REF_energy", forces_key="dft_forces",
+                             stress_key="my_virial", missing="mask")
+    assert sample.energy is None and sample.forces is None
+    np.testing.assert_allclose(sample.stress, -np.diag([1.0, 2.0, 3.0]) / 3.6 ** 3)
+    assert (sample.charge, sample.spin) == (-1.0, 2.0)
+    with pytest.raises(KeyError, match="no forces under the key 'dft_forces'"):
+        Sample.from_ase(atoms, forces_key="dft_forces")  # the default stays strict

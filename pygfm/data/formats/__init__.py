@@ -9,10 +9,11 @@ with :func:`detect` (or ``--format NAME``), and ``pygfm-data formats`` lists
 :data:`FORMATS`.
 
 Work is shared between MPI ranks by structure position: ``read(..., rank=r,
-size=P)`` yields ``(position, sample)`` for exactly the positions ``k`` with
-``k % P == r``, in increasing order, positions counting every structure of the
-file (and level) in the file's order. A reader skips the others without building
-them (an HDF5 group of a million conformers is read as array slices, so one
+size=P)`` yields ``(position, sample)`` for the positions ``k`` with ``k % P ==
+r``, in increasing order, positions counting every structure of the file (and
+level) in the file's order; a structure with nothing at the level read may be
+skipped (write_dataset keeps the order, and the manifest says ``id_gaps``). A
+reader skips the other ranks' structures without building them (an HDF5 group of a million conformers is read as array slices, so one
 huge group is split across ranks too).
 
 A reader module registers its formats with :func:`register` at import; the
@@ -79,8 +80,10 @@ class Format:
 
 FORMATS: dict[str, Format] = {}
 # reader modules, imported on first use (each registers its formats)
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("oc20", "hdf5", "pymatgen_json", "asedb")
 _loaded = False
+# reader modules that failed to import: {module: why}
+UNAVAILABLE: dict[str, str] = {}
 
 
 def register(fmt: Format) -> Format:
@@ -95,7 +98,10 @@ def formats() -> dict[str, Format]:
     global _loaded
     if not _loaded:
         for module in _MODULES:
-            importlib.import_module(f"{__name__}.{module}")
+            try:
+                importlib.import_module(f"{__name__}.{module}")
+            except ImportError as error:  # one broken reader must not hide the others
+                UNAVAILABLE[module] = f"{type(error).__name__}: {error}"
         _loaded = True
     return FORMATS
 
@@ -103,7 +109,10 @@ def formats() -> dict[str, Format]:
 def get_format(name: str) -> Format:
     known = formats()
     if name not in known:
-        raise ValueError(f"unknown format {name!r}; known formats: {', '.join(sorted(known))}")
+        broken = "".join(f"; reader module {m} failed to import ({why})"
+                         for m, why in UNAVAILABLE.items())
+        raise ValueError(f"unknown format {name!r}; known formats: "
+                         f"{', '.join(sorted(known))}{broken}")
     return known[name]
 
 
