@@ -177,6 +177,22 @@ def _single_level(path, options: ReadOptions, name: str | None = None) -> None:
                        f"level {options.level!r} does not apply")
 
 
+def _reader(blocks, level=None, single: str | None = None):
+    """A Format's ``read(path, options, rank, size)`` over ``blocks(path, file, options
+    [, level])``: ``level(path, options)`` picks and checks the level of a file with
+    several; without it the file has one (named ``single``) and --level must match."""
+    def read(path, options: ReadOptions | None = None, rank: int = 0, size: int = 1):
+        options = options or ReadOptions()
+        if level is None:
+            _single_level(path, options, single)
+            extra = ()
+        else:
+            extra = (level(path, options),)
+        with _open(path) as f:
+            yield from _samples(path, blocks(path, f, options, *extra), options, rank, size)
+    return read
+
+
 def _is_gradient(key: str) -> bool:
     name = key.lower()
     return "gradient" in name or name.endswith("_grad") or name.endswith(".grad")
@@ -384,11 +400,7 @@ def _ani1_blocks(path, f, options: ReadOptions):
                      forces_key, ANI_UNITS, closed_shell=True)
 
 
-def _read_ani1(path, options: ReadOptions | None = None, rank: int = 0, size: int = 1):
-    options = options or ReadOptions()
-    _single_level(path, options)
-    with _open(path) as f:
-        yield from _samples(path, _ani1_blocks(path, f, options), options, rank, size)
+_read_ani1 = _reader(_ani1_blocks)
 
 
 # ---------------------------------------------------------------- ANI-1x
@@ -439,11 +451,7 @@ def _ani1x_blocks(path, f, options: ReadOptions, level: str):
                      forces, ANI_UNITS, closed_shell=True)
 
 
-def _read_ani1x(path, options: ReadOptions | None = None, rank: int = 0, size: int = 1):
-    options = options or ReadOptions()
-    level = _ani1x_level(path, options)
-    with _open(path) as f:
-        yield from _samples(path, _ani1x_blocks(path, f, options, level), options, rank, size)
+_read_ani1x = _reader(_ani1x_blocks, level=_ani1x_level)
 
 
 # ---------------------------------------------------------------- ANI-2x (torchani groups)
@@ -479,11 +487,7 @@ def _ani2x_blocks(path, f, options: ReadOptions):
                      forces, ANI_UNITS, closed_shell=True)
 
 
-def _read_ani2x(path, options: ReadOptions | None = None, rank: int = 0, size: int = 1):
-    options = options or ReadOptions()
-    _single_level(path, options)
-    with _open(path) as f:
-        yield from _samples(path, _ani2x_blocks(path, f, options), options, rank, size)
+_read_ani2x = _reader(_ani2x_blocks)
 
 
 # ---------------------------------------------------------------- SPICE
@@ -566,11 +570,7 @@ def _spice_blocks(path, f, options: ReadOptions):
                      forces, units, charge, spin)
 
 
-def _read_spice(path, options: ReadOptions | None = None, rank: int = 0, size: int = 1):
-    options = options or ReadOptions()
-    _single_level(path, options)
-    with _open(path) as f:
-        yield from _samples(path, _spice_blocks(path, f, options), options, rank, size)
+_read_spice = _reader(_spice_blocks)
 
 
 # ---------------------------------------------------------------- QM7-X
@@ -612,11 +612,7 @@ def _qm7x_count(path, options: ReadOptions | None = None) -> int:
         return sum(len(m) for m in f.values() if isinstance(m, h5py.Group))
 
 
-def _read_qm7x(path, options: ReadOptions | None = None, rank: int = 0, size: int = 1):
-    options = options or ReadOptions()
-    level = _qm7x_level(path, options)
-    with _open(path) as f:
-        yield from _samples(path, _qm7x_blocks(path, f, options, level), options, rank, size)
+_read_qm7x = _reader(_qm7x_blocks, level=_qm7x_level)
 
 
 # ---------------------------------------------------------------- Transition1x
@@ -661,11 +657,7 @@ def _t1x_blocks(path, f, options: ReadOptions):
                                  forces_key, EV_UNITS, closed_shell=True)
 
 
-def _read_t1x(path, options: ReadOptions | None = None, rank: int = 0, size: int = 1):
-    options = options or ReadOptions()
-    _single_level(path, options, T1X_LEVEL)
-    with _open(path) as f:
-        yield from _samples(path, _t1x_blocks(path, f, options), options, rank, size)
+_read_t1x = _reader(_t1x_blocks, single=T1X_LEVEL)
 
 
 # ---------------------------------------------------------------- counts, inspect, fidelity
