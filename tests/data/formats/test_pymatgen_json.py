@@ -332,7 +332,8 @@ def test_streaming_peak_rss(tmp_path, rng):
     size = path.stat().st_size
     result = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], capture_output=True,
                             text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
-                                                         **__import__("os").environ})
+                                                         **__import__("os").environ},
+                            cwd=tmp_path)  # not the source tree, whose pygfm has no _C
     assert result.returncode == 0, result.stderr
     count, growth = map(int, result.stdout.split())
     assert count == 4000
