@@ -170,6 +170,28 @@ def _first_group(group):
     return None
 
 
+def _labelled_groups(path, f, options: ReadOptions, positions: str, energy: str,
+                     forces: str):
+    """(group, conformer count, energy key, forces key or None) for each molecule group
+    at the top of ``f``; the default keys ``energy``/``forces`` give way to the user's.
+    An energy key a group lacks, or a forces key the user named, is a KeyError
+    listing the group's keys; default forces a group lacks are simply absent."""
+    energy_key = options.keys.energy or energy
+    forces_key = options.keys.forces or forces
+    explicit_forces = options.keys.forces is not None
+    h5py = _h5py()
+    for name in f:
+        group = f[name]
+        if not isinstance(group, h5py.Group):
+            continue
+        count = _need(path, group, positions).shape[0]
+        _need(path, group, energy_key)
+        present = forces_key if (explicit_forces or forces_key in group) else None
+        if present is not None:
+            _need(path, group, present)
+        yield group, count, energy_key, present
+
+
 def _single_level(path, options: ReadOptions, name: str | None = None) -> None:
     """A file of one level of theory: a ``level`` other than its own is a mistake."""
     if options.level is not None and options.level != name:
@@ -433,22 +455,11 @@ def _ani1x_level(path, options: ReadOptions) -> str:
 
 
 def _ani1x_blocks(path, f, options: ReadOptions, level: str):
-    energy_key = options.keys.energy or f"{level}.energy"
-    forces_key = options.keys.forces or f"{level}.forces"
-    explicit_forces = options.keys.forces is not None
-    h5py = _h5py()
-    for name in f:
-        group = f[name]
-        if not isinstance(group, h5py.Group):
-            continue
-        coordinates = _need(path, group, "coordinates")
-        _need(path, group, energy_key)
-        forces = forces_key if (explicit_forces or forces_key in group) else None
-        if forces is not None:
-            _need(path, group, forces)
+    for group, count, energy_key, forces in _labelled_groups(
+            path, f, options, "coordinates", f"{level}.energy", f"{level}.forces"):
         numbers = _need(path, group, "atomic_numbers")[()].astype(np.int64)
-        yield _Block(group, coordinates.shape[0], "coordinates", numbers, energy_key,
-                     forces, ANI_UNITS, closed_shell=True)
+        yield _Block(group, count, "coordinates", numbers, energy_key, forces, ANI_UNITS,
+                     closed_shell=True)
 
 
 _read_ani1x = _reader(_ani1x_blocks, level=_ani1x_level)
@@ -466,25 +477,14 @@ def _sniff_ani2x(path: Path) -> bool:
 
 
 def _ani2x_blocks(path, f, options: ReadOptions):
-    energy_key = options.keys.energy or "energies"
-    forces_key = options.keys.forces or "forces"
-    explicit_forces = options.keys.forces is not None
-    h5py = _h5py()
-    for name in f:
-        group = f[name]
-        if not isinstance(group, h5py.Group):
-            continue
-        coordinates = _need(path, group, "coordinates")
-        _need(path, group, energy_key)
+    for group, count, energy_key, forces in _labelled_groups(
+            path, f, options, "coordinates", "energies", "forces"):
         species = _need(path, group, "species")
         if species.dtype.kind not in "iu":
             raise ValueError(f"{path}: group {group.name}: species are {species.dtype}, "
                              "expected atomic numbers")
-        forces = forces_key if (explicit_forces or forces_key in group) else None
-        if forces is not None:
-            _need(path, group, forces)
-        yield _Block(group, coordinates.shape[0], "coordinates", "species", energy_key,
-                     forces, ANI_UNITS, closed_shell=True)
+        yield _Block(group, count, "coordinates", "species", energy_key, forces, ANI_UNITS,
+                     closed_shell=True)
 
 
 _read_ani2x = _reader(_ani2x_blocks)
@@ -541,19 +541,8 @@ def _spice_units(path, group, energy_key, forces_key) -> Units:
 
 
 def _spice_blocks(path, f, options: ReadOptions):
-    energy_key = options.keys.energy or SPICE_ENERGY
-    forces_key = options.keys.forces or SPICE_GRADIENT
-    explicit_forces = options.keys.forces is not None
-    h5py = _h5py()
-    for name in f:
-        group = f[name]
-        if not isinstance(group, h5py.Group):
-            continue
-        conformations = _need(path, group, "conformations")
-        _need(path, group, energy_key)
-        forces = forces_key if (explicit_forces or forces_key in group) else None
-        if forces is not None:
-            _need(path, group, forces)
+    for group, count, energy_key, forces in _labelled_groups(
+            path, f, options, "conformations", SPICE_ENERGY, SPICE_GRADIENT):
         numbers = _need(path, group, "atomic_numbers")[()].astype(np.int64)
         if "smiles" in group:
             charge = float(smiles_charge(_string(group["smiles"])))
@@ -566,8 +555,8 @@ def _spice_blocks(path, f, options: ReadOptions):
             electrons = int(numbers.sum()) - int(charge)
             spin = 1.0 if electrons % 2 == 0 else 2.0
         units = _spice_units(path, group, energy_key, forces)
-        yield _Block(group, conformations.shape[0], "conformations", numbers, energy_key,
-                     forces, units, charge, spin)
+        yield _Block(group, count, "conformations", numbers, energy_key, forces, units, charge,
+                     spin)
 
 
 _read_spice = _reader(_spice_blocks)
