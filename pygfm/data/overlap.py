@@ -129,42 +129,80 @@ def _orthogonal(vectors):
     return out
 
 
+_BRUTE_FORCE_ATOMS = 96  # up to this many atoms (and images) all pairs are measured
+
+
+def _close_pairs(x: np.ndarray) -> np.ndarray:
+    """[K, 2] index pairs (i < j) of the points ``x`` closer than MIN_DISTANCE."""
+    if len(x) < 2:
+        return np.empty((0, 2), dtype=np.int64)
+    if len(x) <= _BRUTE_FORCE_ATOMS:
+        diff = x[:, None, :] - x[None, :, :]
+        close = np.einsum("ijk,ijk->ij", diff, diff) < MIN_DISTANCE ** 2
+        i, j = np.nonzero(np.triu(close, k=1))
+        return np.stack([i, j], axis=1)
+    from scipy.spatial import cKDTree
+
+    return cKDTree(x).query_pairs(MIN_DISTANCE, output_type="ndarray")
+
+
+def _shifts(pbc: np.ndarray) -> np.ndarray:
+    steps = [(-1, 0, 1) if periodic else (0,) for periodic in pbc]
+    shifts = np.array(np.meshgrid(*steps)).reshape(3, -1).T
+    return shifts[shifts.any(axis=1)]
+
+
 def sample_overlap(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
     """(i, j, distance Å) of the closest pair below MIN_DISTANCE in one structure
     (periodic images included), or None. positions [n, 3], cell [3, 3], pbc [3].
 
-    Runs in numpy/scipy at ~tens of µs a structure (pygfm-data convert checks
-    every sample): atoms are wrapped into the cell, so a pair within
-    MIN_DISTANCE, less than one cell height, lies at a shift S in {-1, 0, 1}^3.
+    ``pygfm-data convert`` checks every sample, so this is kept to ~10-30 µs for
+    a structure of tens of atoms (all pairs measured at once in numpy; a
+    k-d tree above 96 points). Atoms are wrapped into the cell, so a pair within
+    MIN_DISTANCE, less than one cell height, lies at a shift S in {-1, 0, 1}^3,
+    and only atoms within MIN_DISTANCE of a periodic face (almost never any) get
+    images.
     """
-    from scipy.spatial import cKDTree
-
     positions = np.asarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
-    thin = thin_cells(cell[None], pbc[None])
-    if thin:
-        return 0, 0, thin[0][1]
     x, owner = positions, np.arange(len(positions))
     if pbc.any():
-        basis = _completed_cell(np.asarray(cell, dtype=np.float64), pbc)
-        frac = np.linalg.solve(basis.T, positions.T).T
+        cell = np.asarray(cell, dtype=np.float64)
+        if pbc.all():  # the common case, without the general cell completion
+            basis = cell
+            inverse = np.linalg.inv(basis)
+            # the height of the cell along axis a is 1 / |column a of the inverse|
+            heights = 1.0 / np.linalg.norm(inverse, axis=0)
+            if heights.min() < MIN_DISTANCE:
+                return 0, 0, float(heights.min())
+        else:
+            thin = thin_cells(cell[None], pbc[None])
+            if thin:
+                return 0, 0, thin[0][1]
+            basis = _completed_cell(cell, pbc)
+            inverse = np.linalg.inv(basis)
+        frac = positions @ inverse
         frac[:, pbc] -= np.floor(frac[:, pbc])
         x = frac @ basis
         # images that can come within MIN_DISTANCE of an atom: those of atoms
         # within reach (in fractional units) of a periodic face
-        reach = MIN_DISTANCE * np.linalg.norm(np.linalg.inv(basis), axis=0)
-        steps = [(-1, 0, 1) if periodic else (0,) for periodic in pbc]
-        images, owners = [x], [owner]
-        for shift in np.array(np.meshgrid(*steps)).reshape(3, -1).T:
-            if not shift.any():
-                continue
-            near = np.all(np.where(shift == 1, frac < reach, True)
-                          & np.where(shift == -1, frac > 1 - reach, True), axis=1)
-            images.append(x[near] + shift @ basis)
-            owners.append(owner[near])
-        x, owner = np.concatenate(images), np.concatenate(owners)
-    pairs = cKDTree(x).query_pairs(MIN_DISTANCE, output_type="ndarray")
+        reach = MIN_DISTANCE * np.linalg.norm(inverse, axis=0)
+        low, high = (frac < reach) & pbc, (frac > 1 - reach) & pbc
+        border = np.flatnonzero((low | high).any(axis=1))
+        if border.size:
+            images, owners = [x], [owner]
+            for shift in _shifts(pbc):
+                near = np.all(np.where(shift == 1, low[border], True)
+                              & np.where(shift == -1, high[border], True), axis=1)
+                if near.any():
+                    images.append(x[border[near]] + shift @ basis)
+                    owners.append(border[near])
+            x, owner = np.concatenate(images), np.concatenate(owners)
+    pairs = _close_pairs(x)
+    if len(pairs) == 0:
+        return None
     n = len(positions)
+    # an atom and its own image is a pair only when the image is not the atom itself
     pairs = pairs[(pairs.min(axis=1) < n) & ~((pairs[:, 0] < n) & (pairs[:, 1] < n)
                                                & (owner[pairs[:, 0]] == owner[pairs[:, 1]]))]
     if len(pairs) == 0:
