@@ -29,10 +29,28 @@ import numpy as np
 from ._errors import entry_point
 
 
+def _file_fidelity(args, level):
+    """The fidelity every input states for ``level`` (None: the format's default
+    level), from :attr:`Format.fidelity`; None when an input does not say or the
+    inputs disagree."""
+    from pygfm.data.convert import resolve_format
+    from pygfm.data.formats import Format
+
+    found = []
+    for path in map(Path, args.inputs):
+        fmt = resolve_format(path, args.format)
+        found.append(fmt.fidelity(path, level) if isinstance(fmt, Format) else None)
+    if found and found[0] is not None and all(f == found[0] for f in found):
+        return found[0]
+    return None
+
+
 def _fidelities(args, levels: list) -> dict:
     """--fidelity values by level ("" when no level): plain TEXT (or a JSON object)
-    for one dataset, or LEVEL=TEXT per level; a level without one is described by
-    its own name (HDF5 files name levels by method/basis, e.g. wb97x_dz)."""
+    for one dataset, or LEVEL=TEXT per level. Where none is given, the level of
+    theory the file states (ANI's level names, SPICE's method: Format.fidelity);
+    else a level is described by its own name, and a file of one level without
+    one is an error."""
     given = args.fidelity or []
     plain = [f for f in given if f.lstrip().startswith("{") or "=" not in f]
     per_level = dict(f.split("=", 1) for f in given if f not in plain)
@@ -47,10 +65,14 @@ def _fidelities(args, levels: list) -> dict:
         return json.loads(text) if text.lstrip().startswith("{") else text
 
     if not levels:
-        if not plain:
-            raise ValueError("--fidelity: the level of theory of the labels is required, e.g. "
+        if plain:
+            return {"": parse(plain[0])}
+        stated = _file_fidelity(args, None)
+        if stated is None:
+            raise ValueError("--fidelity: the level of theory of the labels is required (the "
+                             "input does not state it), e.g. "
                              '--fidelity "PBE/def2-SVP (pyscf 2.14)"')
-        return {"": parse(plain[0])}
+        return {"": stated}
     out = {}
     for level in levels:
         if level in per_level:
@@ -60,7 +82,7 @@ def _fidelities(args, levels: list) -> dict:
         elif plain:
             out[level] = f"{plain[0]}, level {level}"
         else:
-            out[level] = level
+            out[level] = _file_fidelity(args, level) or level
     return out
 
 
@@ -328,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity", action="append", default=None, metavar="TEXT|LEVEL=TEXT",
                    help='level of theory, e.g. "PBE/def2-SVP (pyscf 2.14)", or a JSON object '
                         'with code, code_version, method, basis; with --level/--all-levels '
-                        'LEVEL=TEXT per level (default: the level name)')
+                        'LEVEL=TEXT per level (default: what the file states, as ANI and '
+                        'SPICE files do; else the level name; required for a file that '
+                        'does not say)')
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--description", default="")
     p.add_argument("--format", default="auto", help="a format of `pygfm-data formats`, "

@@ -65,7 +65,11 @@ class Format:
     ``inspect(path) -> dict`` groups/keys/units/counts for ``pygfm-data inspect``;
     ``levels(path) -> list[str]`` the levels of theory in the file ([] when one);
     ``read(path, options, rank, size) -> iterator of (position, Sample)``;
-    ``count(path, options) -> int | None`` structures in the file (for progress).
+    ``count(path, options) -> int | None`` structures in the file (for progress);
+    ``fidelity(path, level) -> dict | None`` the level of theory as the file (its
+    level names, attributes) or its publishers state it: a fidelity object
+    (``method``, ``basis``, ``code``, ``text``) that ``convert`` stores when no
+    ``--fidelity`` is given; None where the file does not say.
     """
     name: str
     description: str
@@ -75,6 +79,7 @@ class Format:
     read: Callable[..., Iterator[tuple[int, Sample]]]
     levels: Callable[[Path], list[str]] = lambda path: []
     count: Callable[..., int | None] = lambda path, options: None
+    fidelity: Callable[..., dict | None] = lambda path, level: None
     needs: tuple[str, ...] = ()  # Python packages it imports (named in errors)
 
 

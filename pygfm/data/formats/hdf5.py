@@ -698,11 +698,10 @@ def _text(method, basis, code) -> str:
 
 
 def _fid(method, basis, code, level=None) -> dict:
-    out = {"method": method, "basis": basis, "code": code,
-           "text": _text(method, basis, code)}
-    if level is not None:
-        out["level"] = level
-    return out
+    """A fidelity object as the dataset manifest stores it (``level``: the file's
+    name for it, kept out of the object: the dataset name carries it)."""
+    return {"method": method, "basis": basis, "code": code,
+            "text": _text(method, basis, code)}
 
 
 def fidelity(path, level: str | None = None, format: str | None = None) -> dict | None:
@@ -715,7 +714,7 @@ def fidelity(path, level: str | None = None, format: str | None = None) -> dict 
         level = level or ANI1X_DEFAULT_LEVEL
         if level in ANI1X_LEVELS:
             return _fid(*ANI1X_LEVELS[level], level=level)
-        return {"method": None, "basis": None, "code": None, "text": level, "level": level}
+        return None  # a level the data descriptor does not list: the file says only its name
     if name == "ani1":
         return _fid("ωB97x", "6-31G(d)", "Gaussian 09")
     if name == "ani2x":
@@ -784,4 +783,5 @@ for _name, _sniff in _SNIFFERS:
     register(Format(name=_name, description=_description, suffixes=_suffixes, sniff=_sniff,
                     inspect=_guard(_inspector(_name, _blocks, _levels, _count)),
                     read=_guard_iter(_read), levels=_guard(_levels), count=_guard(_count),
+                    fidelity=_guard(lambda path, level, _name=_name: fidelity(path, level, _name)),
                     needs=("h5py",)))

@@ -462,3 +462,38 @@ def test_two_ranks_under_mpiexec(ani1x_file, tmp_path):
         pytest.fail(f"{' '.join(cmd)} hung (killed after 120 s): {exc.stdout}{exc.stderr}")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "ALL OK on 2 ranks" in output, output
+
+
+def test_convert_takes_the_fidelity_the_file_states(ani1x_file, spice_file, tmp_path, capsys):
+    """Without --fidelity, `convert` stores the level of theory the file (ANI's level
+    names, SPICE's method) states; a user's --fidelity still wins."""
+    from pygfm.cli.data import main
+    from pygfm.data import open_dataset
+
+    assert main(["convert", str(ani1x_file), "--dataset", "ani", "--level", "wb97x_tz",
+                 "--level", "hf_dz", "--level", "ccsd(t)_cbs", "-o", str(tmp_path / "ani"),
+                 "--quiet"]) == 0
+    tz = open_dataset(tmp_path / "ani" / "ani-wb97x-tz")
+    assert tz.fidelity == {"code": "ORCA", "code_version": None, "method": "ωB97x",
+                           "basis": "def2-TZVPP", "text": "ωB97x/def2-TZVPP (ORCA)"}
+    assert open_dataset(tmp_path / "ani" / "ani-hf-dz").fidelity["text"] == "HF/cc-pVDZ (ORCA)"
+    assert open_dataset(tmp_path / "ani" / "ani-ccsd-t-cbs").fidelity["basis"] == "CBS"
+    assert main(["convert", str(spice_file), "--dataset", "spice", "-o",
+                 str(tmp_path / "spice"), "--quiet"]) == 0
+    assert open_dataset(tmp_path / "spice").fidelity["method"] == "ωB97M-D3BJ"
+    assert main(["convert", str(spice_file), "--dataset", "spice", "--fidelity", "mine",
+                 "-o", str(tmp_path / "mine"), "--quiet"]) == 0
+    assert open_dataset(tmp_path / "mine").fidelity["text"] == "mine"
+    capsys.readouterr()
+    # an extxyz states no level of theory: --fidelity stays required
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    from ase.io import write
+
+    atoms = molecule("H2O")
+    atoms.calc = EMT()
+    atoms.get_potential_energy()
+    write(tmp_path / "w.extxyz", atoms)
+    assert main(["convert", str(tmp_path / "w.extxyz"), "--dataset", "w", "-o",
+                 str(tmp_path / "w")]) == 2
+    assert "the input does not state it" in capsys.readouterr().err
