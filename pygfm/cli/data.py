@@ -110,7 +110,8 @@ def _levels(args, fmt_name, inputs) -> list:
 def convert(args) -> int:
     from pygfm._files import check_not_an_input
     from pygfm.data import write_dataset
-    from pygfm.data.convert import Coverage, check_label_keys, level_slug, read_inputs
+    from pygfm.data.convert import (Coverage, check_label_keys, level_slug, parse_where,
+                                    read_inputs)
     from pygfm.data.formats import LabelKeys, ReadOptions, parse_units
     from pygfm.distributed import mpi_comm, rank_and_size
 
@@ -119,6 +120,7 @@ def convert(args) -> int:
         raise FileNotFoundError(f"no such input: {', '.join(map(str, missing))}")
     check_not_an_input(args.output, args.inputs, option="-o")
     units = parse_units(args.units)
+    where = parse_where(args.where)
     keys = LabelKeys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key)
     levels = _levels(args, args.format, args.inputs)
     fidelities = _fidelities(args, levels)
@@ -139,9 +141,13 @@ def convert(args) -> int:
         samples = read_inputs(args.inputs, format_name=args.format, options=options, rank=rank,
                               size=size, index=args.index, hydragnn_splits=splits,
                               coverage=coverage)
+        if where is not None:  # left-out positions are id gaps, as skipped conformers
+            samples = ((position, sample) for position, sample in samples if where(sample))
         dataset = write_dataset(
             output, samples, name=name, fidelity=fidelities[level or ""],
-            description=args.description, shard_size=args.shard_size,
+            description=" ".join(filter(None, [args.description] + [
+                f"[--where {condition}]" for condition in args.where or ()])),
+            shard_size=args.shard_size,
             overwrite=args.overwrite, comm=comm, progress=not args.quiet,
             statistics=not args.no_statistics,
             validate=lambda manifest: check_label_keys(manifest, coverage, args.inputs))
@@ -369,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. force, dft_forces); a structure without it has no forces")
     p.add_argument("--stress-key", default=None, help="the stress's key (atoms.info[KEY]); a "
                    "virial key (virial, REF_virial) is converted to stress -V/volume")
+    p.add_argument("--where", action="append", default=None, metavar="COND",
+                   help="keep only the structures for which COND holds (repeat: all must): "
+                        "FIELD OP VALUE, FIELD charge, spin (multiplicity) or natoms, OP one "
+                        "of = != < <= > >=, VALUE a number or none (unknown); e.g. "
+                        "--where charge=0 (OMol25's neutral part), --where charge!=0")
     p.add_argument("--level", action="append", default=None, metavar="NAME",
                    help="level of theory to convert from a file holding several "
                         "(repeatable; several give one dataset each under -o)")

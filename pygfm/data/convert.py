@@ -22,13 +22,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .formats import Format, LabelKeys, ReadOptions, Units, detect, formats, get_format
-from .sample import LABELS, Sample
+from .sample import LABELS, Sample, stress_from_virial
 
 __all__ = ["ASE", "HYDRAGNN", "Coverage", "check_label_keys", "inspect_file", "level_slug",
-           "read_inputs", "resolve_format"]
+           "parse_where", "read_inputs", "resolve_format"]
 
 ASE = "ase"            # pseudo-format: ase.io.read
 HYDRAGNN = "hydragnn"  # pseudo-format: HydraGNN ADIOS2 files
@@ -42,6 +42,55 @@ def level_slug(level: str) -> str:
     if not slug:
         raise ValueError(f"level {level!r} gives no usable name")
     return slug
+
+
+_WHERE_FIELDS = {"charge": lambda s: s.charge, "spin": lambda s: s.spin,
+                 "natoms": lambda s: s.num_atoms}
+_WHERE = re.compile(r"^\s*([a-z_]+)\s*(==|=|!=|<=|>=|<|>)\s*(\S+)\s*$")
+_COMPARE = {"=": lambda a, b: a == b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+            "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b}
+
+
+def parse_where(conditions) -> "Callable[[Sample], bool] | None":
+    """``--where`` conditions (all must hold) -> a test of a Sample, or None for none.
+
+    A condition is FIELD OP VALUE: FIELD one of charge, spin (the multiplicity 2S+1),
+    natoms; OP one of = != < <= > >=; VALUE a number, or ``none`` (unknown: only
+    with = and !=). A structure whose charge or spin is unknown satisfies no
+    comparison with a number: ``charge=0`` and ``charge!=0`` both leave it out
+    (``charge=none`` selects it). OMol25's neutral part: ``charge=0``; the rest:
+    ``charge!=0``."""
+    tests = []
+    for text in conditions or ():
+        match = _WHERE.match(text)
+        if not match or match.group(1) not in _WHERE_FIELDS:
+            raise ValueError(f"--where {text!r}: expected FIELD OP VALUE with FIELD one of "
+                             f"{', '.join(_WHERE_FIELDS)} and OP one of = != < <= > >=, "
+                             "e.g. --where charge=0")
+        field, op, raw = match.groups()
+        if raw.lower() == "none":
+            if op not in ("=", "==", "!="):
+                raise ValueError(f"--where {text!r}: 'none' (unknown) compares only with = or !=")
+            value = None
+        else:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"--where {text!r}: {raw!r} is not a number or 'none'") from None
+        get, compare = _WHERE_FIELDS[field], _COMPARE[op]
+
+        def test(sample, get=get, compare=compare, value=value, op=op):
+            have = get(sample)
+            if value is None:  # charge=none / charge!=none: is it unknown?
+                return (have is None) != (op == "!=")
+            if have is None:  # unknown satisfies no comparison with a number
+                return False
+            return compare(float(have), value)
+        tests.append(test)
+    if not tests:
+        return None
+    return lambda sample: all(test(sample) for test in tests)
 
 
 def resolve_format(path: Path, name: str | None) -> Format | str:
@@ -109,16 +158,20 @@ def check_label_keys(manifest: dict, coverage: Coverage, inputs) -> None:
                        f"that key; keys that exist: {'; '.join(seen) or 'none'}")
 
 
-def _scaled(sample: Sample, units: Units | None) -> Sample:
-    """``sample`` read with ase.io in ``units`` -> eV, Å, eV/Å, eV/Å³."""
+def _scaled(sample: Sample, units: Units | None, virial: bool = False) -> Sample:
+    """``sample`` read with ase.io in ``units`` -> eV, Å, eV/Å, eV/Å³. A stress made
+    from a virial (``virial``: -V / volume, computed in the file's energy and
+    length units) scales as energy / length³; a stress given as such, by
+    ``units.stress``."""
     if units is None or units == Units():
         return sample
     length = units.length_factor
+    stress_factor = units.energy_factor / length ** 3 if virial else units.stress_factor
     return replace(
         sample, positions=sample.positions * length, cell=sample.cell * length,
         energy=None if sample.energy is None else sample.energy * units.energy_factor,
         forces=None if sample.forces is None else sample.forces * units.forces_factor,
-        stress=None if sample.stress is None else sample.stress * units.stress_factor)
+        stress=None if sample.stress is None else sample.stress * stress_factor)
 
 
 def _ase_source(path: Path, kind: str, index: str, ase_format: str | None,
@@ -167,7 +220,8 @@ def read_inputs(inputs, *, format_name: str | None, options: ReadOptions, rank: 
                     sample = Sample.from_ase(atoms, dataset=str(path), index=number,
                                              energy_key=keys.energy, forces_key=keys.forces,
                                              stress_key=keys.stress, missing="mask")
-                    yield position, _scaled(sample, options.units)
+                    yield position, _scaled(sample, options.units,
+                                            virial=stress_from_virial(atoms, keys.stress))
             offset += number + 1
         except (ValueError, KeyError, TypeError) as error:
             # str() of a KeyError is its message in quotes

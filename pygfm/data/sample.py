@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LABELS", "Sample", "labels_from_ase", "MAX_ATOMIC_NUMBER"]
+__all__ = ["LABELS", "Sample", "labels_from_ase", "stress_from_virial", "MAX_ATOMIC_NUMBER"]
 
 LABELS = ("energy", "forces", "stress")
 MAX_ATOMIC_NUMBER = 118
@@ -114,6 +114,20 @@ def labels_from_ase(atoms, *, energy_key: str | None = None, forces_key: str | N
         "forces": None if forces is None else np.asarray(forces, dtype=np.float64),
         "stress": None if stress is None else _stress_tensor(stress, where),
     }
+
+
+def stress_from_virial(atoms, stress_key: str | None = None) -> bool:
+    """Whether :func:`labels_from_ase` takes this structure's stress from a virial
+    (an energy, so that a file in other units rescales it as energy / length³, not
+    as a stress)."""
+    if stress_key is not None:
+        return "virial" in stress_key.lower()
+    calc = getattr(atoms, "calc", None)
+    if calc is not None and (getattr(calc, "results", None) or {}).get("stress") is not None:
+        return False
+    if any(key in atoms.info for key in STRESS_KEYS):
+        return False
+    return any(key in atoms.info for key in VIRIAL_KEYS)
 
 
 @dataclass

@@ -143,6 +143,22 @@ def test_extxyz_units_option_converts(tmp_path):
     np.testing.assert_allclose(dataset[0].forces, columns[:, 3:6] * HARTREE / BOHR, rtol=1e-14)
 
 
+@pytest.mark.parametrize("stress_key", [None, "virial"])
+def test_virial_in_other_units_becomes_stress_in_ev_per_cubic_angstrom(tmp_path, stress_key):
+    """A virial is an energy: in hartree with a cell in bohr the stress is
+    -V / volume in hartree/bohr³, i.e. times HARTREE / BOHR³ in eV/Å³."""
+    path = tmp_path / "ha.extxyz"
+    ase.io.write(path, partial_frames()[3:5], format="extxyz")
+    keys = ["--stress-key", stress_key] if stress_key else []
+    assert convert(path, "--dataset", "cu", "--fidelity", "x", "--energy-key", "REF_energy",
+                   *keys, "--units", "energy=hartree,length=bohr", "-o", tmp_path / "out") == 0
+    dataset = open_dataset(tmp_path / "out")
+    for sample, (fields, _, _) in zip(dataset, raw_frames(path)):
+        volume_bohr3 = abs(np.linalg.det(fields["Lattice"].reshape(3, 3)))
+        expected = -fields["virial"].reshape(3, 3) / volume_bohr3 * HARTREE / BOHR ** 3
+        np.testing.assert_allclose(sample.stress, expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize("units, message", [
     ("energy=furlong", "unknown energy unit 'furlong'"),
     ("mass=kg", "--units: 'mass=kg' is not KEY=UNIT"),
@@ -178,6 +194,41 @@ def test_extxyz_charge_and_spin_are_stored(tmp_path, capsys):
     assert "properties   charge 2 (50%), spin 2 (50%)" in capsys.readouterr().out
     atoms = dataset[1].to_ase()
     assert atoms.info["charge"] == 1.0 and atoms.info["spin"] == 3.0
+
+
+@pytest.mark.parametrize("conditions, kept", [
+    (["charge=0"], [0, 4]), (["charge!=0"], [1, 3]), (["charge=none"], [2, 5]),
+    (["charge!=none"], [0, 1, 3, 4]), (["charge=0", "natoms>3"], [4]),
+    (["spin<=1"], [0]), (["natoms<4"], [0, 1, 2, 3])])
+def test_where_selects_structures_by_charge_spin_and_size(tmp_path, conditions, kept):
+    """OMol25's neutral / charged parts from one file: --where keeps the file's
+    order and reads charge as the file gives it (unknown is neither 0 nor not 0)."""
+    charges = [0, 1, None, -1, 0, None]
+    frames = []
+    for k, charge in enumerate(charges):
+        atoms = molecule("H2O") if k < 4 else molecule("CH4")
+        atoms.info["REF_energy"] = -10.0 - k
+        if charge is not None:
+            atoms.info.update(charge=charge, spin=1 if k == 0 else 2)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "mol.extxyz", frames, format="extxyz")
+    args = [x for c in conditions for x in ("--where", c)]
+    assert convert(tmp_path / "mol.extxyz", "--dataset", "w", "--fidelity", "x", *args,
+                   "-o", tmp_path / "out") == 0
+    dataset = open_dataset(tmp_path / "out")
+    assert [s.energy for s in dataset] == [-10.0 - k for k in kept]
+    assert all(f"[--where {c}]" in dataset.manifest["description"] for c in conditions)
+
+
+@pytest.mark.parametrize("condition, message", [
+    ("charge", "expected FIELD OP VALUE"), ("mass=3", "FIELD one of charge, spin, natoms"),
+    ("charge<none", "compares only with = or !="), ("spin=one", "not a number")])
+def test_bad_where_is_named(tmp_path, capsys, condition, message):
+    ase.io.write(tmp_path / "mol.extxyz", molecule("H2O"), format="extxyz")
+    assert convert(tmp_path / "mol.extxyz", "--dataset", "w", "--fidelity", "x", "--where",
+                   condition, "-o", tmp_path / "out") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def charged_samples(n=7):
