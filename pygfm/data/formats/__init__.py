@@ -85,7 +85,7 @@ class Format:
 
 FORMATS: dict[str, Format] = {}
 # reader modules, imported on first use (each registers its formats)
-_MODULES: tuple[str, ...] = ("oc20", "hdf5", "pymatgen_json", "asedb")
+_MODULES: tuple[str, ...] = ("oc20", "hdf5", "pymatgen_json", "asedb", "tfrecord")
 _loaded = False
 # reader modules that failed to import: {module: why}
 UNAVAILABLE: dict[str, str] = {}
