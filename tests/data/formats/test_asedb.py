@@ -325,3 +325,16 @@ def test_postgresql_urls_are_recognised_not_read():
     # reading one needs a PostgreSQL server, which these tests do not have
     assert get_format("asedb").sniff("postgresql://user@localhost:5432/ase")
     assert asedb._name(__import__("pathlib").Path("postgresql://u@h/db")) == "postgresql://u@h/db"
+
+
+def test_where_splits_omol_rows_by_charge(omat_omol, tmp_path):
+    """OMol25's neutral and charged parts from the same ASE-LMDB file: charges -1,
+    0, 1, 2 in the rows' data, the crystals without a charge (in neither part)."""
+    from pygfm.cli.data import main
+    from pygfm.data import open_dataset
+
+    for where, charges in (("charge=0", [0.0]), ("charge!=0", [-1.0, 1.0, 2.0])):
+        out = tmp_path / where.replace("!", "n").replace("=", "-")
+        assert main(["convert", str(omat_omol), "--dataset", "omol", "--fidelity", "x",
+                     "--where", where, "-o", str(out), "--quiet"]) == 0
+        assert [s.charge for s in open_dataset(out)] == charges
