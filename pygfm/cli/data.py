@@ -150,7 +150,8 @@ def convert(args) -> int:
             shard_size=args.shard_size,
             overwrite=args.overwrite, comm=comm, progress=not args.quiet,
             statistics=not args.no_statistics,
-            validate=lambda manifest: check_label_keys(manifest, coverage, args.inputs))
+            validate=lambda manifest: check_label_keys(manifest, coverage, args.inputs),
+            skip_overlapping=args.skip_overlapping)
         if rank == 0:
             counts = dataset.manifest["label_counts"]
             partial = ", ".join(f"{label} {counts[label]} of {len(dataset)}"
@@ -159,6 +160,10 @@ def convert(args) -> int:
                   f"{int(dataset.num_atoms.sum())} atoms, labels "
                   f"{', '.join(dataset.labels) or 'none'}"
                   + (f" (partial: {partial})" if partial else ""))
+            skipped = dataset.manifest.get("skipped")
+            if skipped:
+                print(f"skipped {skipped['count']} structures with overlapping atoms "
+                      f"(listed in the manifest); the first: {skipped['first'][0]}")
     return 0
 
 
@@ -375,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. force, dft_forces); a structure without it has no forces")
     p.add_argument("--stress-key", default=None, help="the stress's key (atoms.info[KEY]); a "
                    "virial key (virial, REF_virial) is converted to stress -V/volume")
+    p.add_argument("--skip-overlapping", action="store_true",
+                   help="leave out structures with two atoms closer than 0.01 Å (counted "
+                        "and named in the manifest) instead of stopping at the first")
     p.add_argument("--where", action="append", default=None, metavar="COND",
                    help="keep only the structures for which COND holds (repeat: all must): "
                         "FIELD OP VALUE, FIELD charge, spin (multiplicity) or natoms, OP one "

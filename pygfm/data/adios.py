@@ -146,6 +146,7 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
                   progress: bool = False, statistics: bool = True,
                   total: int | None = None,
                   validate: Callable[[dict], None] | None = None,
+                  skip_overlapping: bool = False,
                   **label_keys) -> "AtomicDataset | None":
     """Write samples (``ase.Atoms`` with labels, or :class:`Sample`) as a dataset.
 
@@ -166,6 +167,9 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
 
     Returns the opened dataset (on rank 0 only when ``comm`` is given).
     Fails, naming the sample, on bad structures; nothing is left behind then.
+    ``skip_overlapping``: a structure with overlapping atoms (closer than
+    :data:`~pygfm.data.overlap.MIN_DISTANCE`) is left out instead (its id is a
+    gap), and the manifest's ``skipped`` says how many and which (the first 20).
     """
     if not name or "/" in name:
         raise ValueError(f"name: {name!r} is not a usable dataset name")
@@ -206,10 +210,12 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
         "fidelity": json.dumps(fidelity), "fidelity_text": fidelity["text"],
         "units": json.dumps(UNITS),
     }
-    entries, failure = [], None
+    entries, failure, skipped = [], None, None
     try:
+        skipped = [] if skip_overlapping else None
         entries = _write_rank_shards(tmp, samples, name, rank, size, shard_size,
-                                     base_attributes, progress and rank == 0, total, label_keys)
+                                     base_attributes, progress and rank == 0, total, label_keys,
+                                     skipped)
     except BaseException as caught:  # noqa: BLE001 - re-raised after cleaning up
         failure = caught
     failures = [failure] if comm is None else comm.allgather(
@@ -222,14 +228,21 @@ def write_dataset(path, samples: Iterable, *, name: str, fidelity, description: 
         raise RuntimeError("write_dataset: another rank failed: "
                            + "; ".join(str(f) for f in failures if f is not None))
     all_entries = entries if comm is None else [e for part in comm.gather(entries) or [] for e in part]
+    all_skipped = (skipped or []) if comm is None else sorted(
+        item for part in comm.gather(skipped or []) or [] for item in part)
     # positions given with the samples were checked one by one (and may have gaps)
-    paired = any([entry.pop("_pairs", False) for entry in all_entries])
+    paired = any([entry.pop("_pairs", False) for entry in all_entries]) or bool(all_skipped)
     result = None
     if rank == 0:
         try:
             if not paired:
                 _check_round_robin(all_entries, size)
             manifest = _manifest(all_entries, name, description, fidelity)
+            if all_skipped:
+                manifest["skipped"] = {
+                    "count": len(all_skipped), "why": "overlapping atoms",
+                    "first": [message for _, message in all_skipped[:_SKIPPED_LISTED]
+                              if message]}
             if validate is not None:
                 validate(manifest)
             write_json_atomic(tmp / MANIFEST, manifest)
@@ -270,8 +283,13 @@ def _check_round_robin(entries, size: int) -> None:
                          "dataset keeps the input order")
 
 
+_SKIPPED_LISTED = 20  # skipped structures named in the manifest
+
+
 def _write_rank_shards(tmp, samples, name, rank, size, shard_size, attributes, progress,
-                       total, label_keys) -> list[dict]:
+                       total, label_keys, skipped: list | None = None) -> list[dict]:
+    """This rank's shards; ``skipped`` (a list) collects (id, message) of the
+    structures with overlapping atoms left out (None: such a structure is an error)."""
     entries, pending = [], []
     bar = _progress(total, f"writing {name}") if progress else None
     paired, previous = False, -1
@@ -302,7 +320,17 @@ def _write_rank_shards(tmp, samples, name, rank, size, shard_size, attributes, p
             sample = replace(item, dataset=name, index=index)
         else:
             sample = Sample.from_ase(item, dataset=name, index=index, **label_keys)
-        sample.check_overlap()
+        try:
+            sample.check_overlap()
+        except ValueError as error:
+            if skipped is None:
+                raise
+            # keep every id (a count) but only the first messages: bounded memory
+            skipped.append((index, str(error) if len(skipped) < _SKIPPED_LISTED else ""))
+            paired = True  # the ids now have a gap, as a reader's skipped positions
+            if bar is not None:
+                bar.update(size)
+            continue
         pending.append(sample)
         if len(pending) >= shard_size:
             flush()

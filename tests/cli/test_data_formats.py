@@ -434,3 +434,46 @@ def test_mpi_registry_convert_equals_single_process(toy, tmp_path):
         assert set(a) == set(b)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _frames_with_duplicates(bad=(1, 4), n=6):
+    frames = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.info["REF_energy"] = -14.0 - k
+        if k in bad:  # an atom written twice (0.002 Å apart)
+            atoms.positions[2] = atoms.positions[1] + [0.002, 0.0, 0.0]
+        frames.append(atoms)
+    return frames
+
+
+def test_skip_overlapping_leaves_out_and_names_them(tmp_path, capsys):
+    path = tmp_path / "dup.extxyz"
+    ase.io.write(path, _frames_with_duplicates(), format="extxyz")
+    assert convert(path, "--dataset", "cu", "--fidelity", "x", "-o", tmp_path / "stop") == 2
+    assert "cu, sample 1: atoms 1 and 2 are 0.0020 Å apart" in capsys.readouterr().err
+    assert not (tmp_path / "stop").exists()
+    assert main(["convert", str(path), "--dataset", "cu", "--fidelity", "x",
+                 "--skip-overlapping", "-o", str(tmp_path / "skip")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 structures with overlapping atoms" in out and "sample 1" in out
+    dataset = open_dataset(tmp_path / "skip")
+    assert [s.energy for s in dataset] == [-14.0, -16.0, -17.0, -19.0]
+    skipped = dataset.manifest["skipped"]
+    assert skipped["count"] == 2 and len(skipped["first"]) == 2
+    assert "sample 4: atoms 1 and 2" in skipped["first"][1]
+
+
+def test_skip_overlapping_under_mpiexec_equals_one_process(tmp_path):
+    path = tmp_path / "dup.extxyz"
+    ase.io.write(path, _frames_with_duplicates(bad=(0, 3, 4)), format="extxyz")
+    args = ["convert", str(path), "--dataset", "cu", "--fidelity", "x", "--skip-overlapping",
+            "--quiet", "--no-statistics", "-o"]
+    done = run_command([str(MPIEXEC), "-n", "2", sys.executable, "-m", "pygfm.cli.data",
+                        *args, str(tmp_path / "mpi")], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert main([*args, str(tmp_path / "one")]) == 0
+    a, b = open_dataset(tmp_path / "mpi"), open_dataset(tmp_path / "one")
+    assert [s.energy for s in a] == [s.energy for s in b] == [-15.0, -16.0, -19.0]
+    assert a.manifest["skipped"] == b.manifest["skipped"]
+    assert a.manifest["skipped"]["count"] == 3
