@@ -180,9 +180,19 @@ def _scale(metadata: dict, options: ReadOptions, where: str) -> _Scale:
 # ---------------------------------------------------------------- sources
 
 
+_REMAP_BYTES = 128 << 20  # bytes of rows read before the file is mapped afresh
+_REMAP_ROWS = 50_000  # rows passed (any rank's) before the file is mapped afresh
+
+
 class _LmdbFile:
     """One ASE-LMDB file opened read-only, without a lock file (the files are
-    published read-only; ase-db-backends' ``readonly=True`` does the same)."""
+    published read-only; ase-db-backends' ``readonly=True`` does the same).
+
+    LMDB reads through a memory map, and every page touched stays in the
+    process's resident set until the map is closed: reading a 3 GB folder kept
+    3.3 GB resident. The map is therefore renewed every 128 MB of rows read and
+    released when the reader moves to the next file (:meth:`release`), so that
+    resident memory stays bounded whatever the size of the files."""
 
     def __init__(self, path: Path):
         lmdb = _import_lmdb()
@@ -241,6 +251,9 @@ class _LmdbFile:
         from ase.calculators.calculator import all_properties
         from ase.db.row import AtomsRow
         blob = self.txn.get(str(row_id).encode("ascii"))
+        self._read_bytes = getattr(self, "_read_bytes", 0) + (0 if blob is None else len(blob))
+        if self._read_bytes > _REMAP_BYTES:
+            self.release()
         if blob is None:
             raise ValueError(f"{self.path}: row id {row_id} is missing (nextid is "
                              f"{self.nextid} and it is not among the deleted ids)")
@@ -253,6 +266,17 @@ class _LmdbFile:
                 dct[key] = np.array(dct[key])
         dct["id"] = row_id
         return AtomsRow(dct)
+
+    def release(self) -> None:
+        """Close and reopen the memory map: the pages read so far leave the
+        resident set (they stay in the page cache, the kernel's to keep or drop)."""
+        lmdb = _import_lmdb()
+        self.txn.abort()
+        self.env.close()
+        self.env = lmdb.open(str(self.path), subdir=False, readonly=True, lock=False,
+                             readahead=False, meminit=False, max_readers=1)
+        self.txn = self.env.begin(buffers=False)
+        self._read_bytes = 0
 
     def close(self):
         self.txn.abort()
@@ -543,7 +567,14 @@ def _read(opener, path, options: ReadOptions | None, rank: int, size: int):
         _check_keys(sources, options)
         scales = {id(s): _scale(s.metadata, options, str(getattr(s, "path", None) or s.name))
                   for s in sources}
+        previous = None
         for position, source, row_id in _positions(sources):
+            if source is not previous:  # a file finished: its pages leave the resident set
+                if previous is not None and hasattr(previous, "release"):
+                    previous.release()
+                previous = source
+            elif position % _REMAP_ROWS == 0 and hasattr(source, "release"):
+                source.release()  # the rows of every rank share pages: bound them by rows too
             if position % size != rank:
                 continue  # another rank's row: not decoded
             label = getattr(source, "path", None) or source.name
