@@ -43,8 +43,14 @@ __all__ = ["PyGFMCalculator"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _has_heads(model) -> bool:
+    """A multi-head model (pygfm's MultiHeadModel, an imported HydraGNN model)."""
+    return isinstance(model, MultiHeadModel) or hasattr(model, "head_names")
+
+
 def _resolve_model(model_or_checkpoint):
-    if isinstance(model_or_checkpoint, (MultiHeadModel, EnergyModel)):
+    if isinstance(model_or_checkpoint, (MultiHeadModel, EnergyModel)) or \
+            _has_heads(model_or_checkpoint):
         return model_or_checkpoint
     if isinstance(model_or_checkpoint, (str, os.PathLike)):
         path = os.fspath(model_or_checkpoint)
@@ -117,7 +123,7 @@ class PyGFMCalculator(Calculator):
                  dtype=None, skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         model = _resolve_model(model_or_checkpoint)
-        if isinstance(model, MultiHeadModel):
+        if _has_heads(model):
             names = list(model.head_names)
             if head is None:
                 if len(names) != 1:
@@ -198,10 +204,18 @@ class PyGFMCalculator(Calculator):
         self.model.eval()
         try:
             batch = AtomicBatch.from_atoms([atoms], dtype=self.dtype, device=self.device)
-            neighbors = self._neighbor_list(atoms, batch)
-            if isinstance(self.model, MultiHeadModel):
+            # a model that caps neighbours (HydraGNN's max_neighbours) builds its own
+            # list: the skin's extra pairs would change which neighbours are kept
+            neighbors = None if getattr(self.model, "neighbor_cap", None) else \
+                self._neighbor_list(atoms, batch)
+            extra = {}
+            if getattr(self.model, "uses_graph_attr", False):  # charge and spin condition it
+                extra["graph_attr"] = torch.tensor(
+                    [[float(atoms.info.get("charge", 0)), float(atoms.info.get("spin", 1))]],
+                    dtype=self.dtype, device=self.device)
+            if _has_heads(self.model):
                 out = self.model(batch, self.head, forces=True, stress=periodic,
-                                 neighbors=neighbors)
+                                 neighbors=neighbors, **extra)
             else:
                 out = self.model(batch, forces=True, stress=periodic, neighbors=neighbors)
         except OverlapError as error:  # "structure 0" says nothing here

@@ -11,6 +11,8 @@ half-written checkpoint under the final name.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import torch
@@ -78,10 +80,22 @@ def representation_config(content: dict) -> dict:
     return config
 
 
+HYDRAGNN_PREFIX = "hydragnn:"
+
+
 def load(path, map_location="cpu") -> MultiHeadModel:
-    """A ready-to-use model from a checkpoint (in eval mode, the saved dtype)."""
+    """A ready-to-use model from a checkpoint (in eval mode, the saved dtype).
+
+    ``hydragnn:DIR`` (or a directory holding a HydraGNN ``config.json``) loads a
+    HydraGNN PAINN log directory instead (:func:`pygfm.interop.hydragnn.load`)."""
     from ..nn import PaiNN
 
+    text = os.fspath(path)
+    if text.startswith(HYDRAGNN_PREFIX) or (os.path.isdir(text) and os.path.isfile(
+            os.path.join(text, "config.json"))):
+        from ..interop.hydragnn import load as load_hydragnn
+        return load_hydragnn(text[len(HYDRAGNN_PREFIX):] if text.startswith(HYDRAGNN_PREFIX)
+                             else text).to(map_location)
     content = load_checkpoint(path, map_location)
     model = MultiHeadModel(PaiNN(**representation_config(content)), content["heads"],
                            **content["head_config"])

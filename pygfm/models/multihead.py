@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import AtomicBatch
 from ..data.sample import MAX_ATOMIC_NUMBER
-from ..nn.conservative import conservative
+from ..nn.conservative import blended, conservative
 from ..nn.mlp import MLP
 from ..nn.painn import PaiNN
 from ..ops import segment_sum
@@ -311,15 +311,9 @@ class MultiHeadModel(nn.Module):
             if selected is None or single:
                 raise ValueError("forward: force_weights needs several heads (heads=[...] "
                                  "or 'all')")
-            weights = force_weights.detach()
-
-            def blended(vectors, graph):
-                energy = energy_of(vectors, graph)
-                extra["energy"] = energy
-                return (energy * weights.to(energy.dtype)).sum(dim=1)
-
-            result = conservative(batch, self.cutoff, blended, forces=forces, stress=stress,
-                                  neighbors=neighbors, create_graph=self.training)
+            result = conservative(batch, self.cutoff, blended(energy_of, force_weights, extra),
+                                  forces=forces, stress=stress, neighbors=neighbors,
+                                  create_graph=self.training)
         else:
             result = conservative(batch, self.cutoff, energy_of, forces=forces,
                                   stress=stress, neighbors=neighbors,

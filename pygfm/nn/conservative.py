@@ -13,7 +13,7 @@ from ..data.overlap import MIN_DISTANCE, OverlapError, closest_pairs
 from ..ops import MessageGraph, NeighborList, edge_vectors, message_graph, neighbor_list
 from ..ops._checks import tracing
 
-__all__ = ["conservative"]
+__all__ = ["blended", "conservative"]
 
 
 def conservative(batch: AtomicBatch, cutoff: float,
@@ -104,3 +104,17 @@ def _check_overlaps(too_close, batch: AtomicBatch, pairs: NeighborList, lengths)
     ptr = batch.ptr.tolist()
     formula = Symbols(batch.numbers[ptr[b]:ptr[b + 1]].cpu().numpy()).get_chemical_formula()
     raise OverlapError(b, (first, second), distance, formula)
+
+
+def blended(energy_fn: Callable[[torch.Tensor, MessageGraph], torch.Tensor],
+            weights: torch.Tensor, kept: dict):
+    """``energy_fn`` ([B, H]) turned into the blend sum_h w[b, h] E[b, h] ([B]), so
+    that one backward pass gives the blend's forces and stress; the unblended
+    energy is left in ``kept["energy"]``."""
+    weights = weights.detach()
+
+    def energy_of(vectors, graph):
+        energy = energy_fn(vectors, graph)
+        kept["energy"] = energy
+        return (energy * weights.to(energy.dtype)).sum(dim=1)
+    return energy_of

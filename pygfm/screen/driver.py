@@ -164,8 +164,10 @@ def _resolve_heads(model, text: str):
 def _load_model(path: str, device: torch.device, precision: str):
     from ..models import load
 
-    if not Path(path).is_file():
-        raise ScreenError(f"--model: {path} does not exist")
+    hydragnn = path.startswith("hydragnn:")
+    if not (Path(path[len("hydragnn:"):]).is_dir() if hydragnn else Path(path).is_file()):
+        raise ScreenError(f"--model: {path} does not exist"
+                          + (" (hydragnn:DIR names a HydraGNN log directory)" if hydragnn else ""))
     try:
         model = load(path, map_location="cpu")
     except (ValueError, KeyError, RuntimeError, TypeError) as error:
@@ -267,7 +269,8 @@ class Screen:
         self.model = _load_model(settings.model, self.device, settings.precision)
         self.heads, self.auto = _resolve_heads(self.model, settings.heads)
         self.head_index = [self.model.head_index(h) for h in self.heads]
-        if self.auto and not bool(self.model.composition_logp.abs().sum() > 0):
+        if self.auto and getattr(self.model, "branch_weights", None) is None and \
+                not bool(self.model.composition_logp.abs().sum() > 0):
             raise ScreenError("--heads auto: this checkpoint has no composition model (train "
                               "it with this pygfm's pygfm-train)")
         try:
@@ -391,7 +394,10 @@ class Screen:
         total_chunks = self.input.num_chunks
         if self.rank == 0:
             self.parts.mkdir(parents=True, exist_ok=True)
-            model_file = Path(self.s.model).resolve()
+            # a HydraGNN log directory: its checkpoint file identifies the model
+            loaded = getattr(self.model, "loaded_from", None) or {}
+            model_file = Path(loaded["checkpoints"][0] if loaded.get("checkpoints")
+                              else self.s.model).resolve()
             stat = model_file.stat()
             meta = {"model": str(model_file), "model_bytes": stat.st_size,
                     "model_mtime_ns": stat.st_mtime_ns, "input": self.s.input,
