@@ -42,19 +42,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 WORK = Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "pygfm-bench-convert"
 BYTES_PER_ATOM = 12 * 3  # coordinates + wb97x_dz and wb97x_tz forces, float32 xyz
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------ generation

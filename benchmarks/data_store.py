@@ -25,7 +25,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -34,16 +33,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def trim() -> None:

@@ -56,13 +56,28 @@ def _rss_mb() -> float:
 
 
 # ------------------------------------------------------------------ HydraGNN side
-def hydragnn_make(work: Path, src: str, structures: int) -> None:
+def _hydragnn(work: Path, src: str):
+    """The fixture maker's HydraGNN helpers (make_fixtures.py), writing into ``work``,
+    with HydraGNN's source on the path and its one-rank process group."""
     sys.path.insert(0, str(FIXTURES))
     import make_fixtures as mf
 
     mf.HERE = str(work)
     mf._setup_path(src)
     mf._init_dist()
+    return mf
+
+
+def _graphs(mf, atoms_list):
+    """HydraGNN's graphs (radius 5 Å, cap 100) with charge 0, spin 1."""
+    import torch
+
+    return [mf.atoms_to_data(f"s{k}", a, 5.0, 100, torch.float32, graph_attr=(0.0, 1.0))
+            for k, a in enumerate(atoms_list)]
+
+
+def hydragnn_make(work: Path, src: str, structures: int) -> None:
+    mf = _hydragnn(work, src)
     import ase
     import ase.io
     import torch
@@ -79,8 +94,7 @@ def hydragnn_make(work: Path, src: str, structures: int) -> None:
         d = build_random_structure(14, 20, 5.0, 94, rng)
         atoms_list.append(ase.Atoms(numbers=d.x[:, 0].numpy().astype(np.int64),
                                     positions=d.pos.numpy().astype(np.float64), pbc=False))
-    datas = [mf.atoms_to_data(f"s{k}", a, 5.0, 100, torch.float32, graph_attr=(0.0, 1.0))
-             for k, a in enumerate(atoms_list)]
+    datas = _graphs(mf, atoms_list)
     config = mf.complete_config(config, datas[0])
     model = mf.build_model(config, 2026)
     mf.save_logdir(model, config, NAME)
@@ -88,12 +102,7 @@ def hydragnn_make(work: Path, src: str, structures: int) -> None:
 
 
 def hydragnn_time(work: Path, src: str, repeats: int) -> dict:
-    sys.path.insert(0, str(FIXTURES))
-    import make_fixtures as mf
-
-    mf.HERE = str(work)
-    mf._setup_path(src)
-    mf._init_dist()
+    mf = _hydragnn(work, src)
     import ase.io
     import torch
     from torch_geometric.data import Batch
@@ -102,8 +111,7 @@ def hydragnn_time(work: Path, src: str, repeats: int) -> dict:
     loaded, _ = mf.load_logdir(NAME)
     loaded.eval()
     atoms_list = ase.io.read(work / "structures.extxyz", ":")
-    datas = [mf.atoms_to_data(f"s{k}", a, 5.0, 100, torch.float32, graph_attr=(0.0, 1.0))
-             for k, a in enumerate(atoms_list)]
+    datas = _graphs(mf, atoms_list)
     baseline = _rss_mb()
 
     def run(branches):
@@ -205,7 +213,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for which in ("hydragnn", "pygfm"):
             runs[which].append(worker(which))
-    print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
+    from _machine import cpu_model  # benchmarks/_machine.py, beside this script
+
+    print(f"machine: {platform.node()}, {cpu_model()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, ISA "
           f"{torch.backends.cpu.get_cpu_capability()}; 1 thread per process; "
           f"{args.structures} SC26 random structures; work dir {work}")

@@ -39,8 +39,9 @@ subset, so capped molecules can differ from HydraGNN there, by its choice).
 
 Loading is strict: every tensor of the checkpoint is used (after the ``module.``
 prefix of DDP and the ``model.`` prefix of HydraGNN's interatomic-potential
-wrapper are stripped) and every parameter is set, or the error lists what did
-not match. HydraGNN's own inference loader (``strict=False``) silently drops such
+wrapper are stripped; graph heads other than the energy's are left out and listed
+in ``loaded_from["ignored_heads"]``) and every parameter is set, or the error
+lists what did not match. HydraGNN's own inference loader (``strict=False``) silently drops such
 keys (all of them for a DDP checkpoint); pygfm says what it loaded.
 """
 
@@ -458,7 +459,8 @@ class HydraGNNModel(nn.Module):
         if heads == "auto":
             with torch.no_grad():
                 blend = self.branch_blend(batch.numbers, owner, B)
-        if neighbors is None:
+        if neighbors is None and self.config.max_neighbours is not None:
+            # capped: HydraGNN's convention (uncapped, the batch's own list serves)
             neighbors = hydragnn_neighbors(batch.positions.detach(), self.config.radius,
                                            batch.cell, batch.pbc, batch.ptr,
                                            self.config.max_neighbours)

@@ -180,7 +180,6 @@ def _scale(metadata: dict, options: ReadOptions, where: str) -> _Scale:
 # ---------------------------------------------------------------- sources
 
 
-_REMAP_BYTES = 128 << 20  # bytes of rows read before the file is mapped afresh
 _REMAP_ROWS = 50_000  # rows passed (any rank's) before the file is mapped afresh
 
 
@@ -190,9 +189,9 @@ class _LmdbFile:
 
     LMDB reads through a memory map, and every page touched stays in the
     process's resident set until the map is closed: reading a 3 GB folder kept
-    3.3 GB resident. The map is therefore renewed every 128 MB of rows read and
-    released when the reader moves to the next file (:meth:`release`), so that
-    resident memory stays bounded whatever the size of the files."""
+    3.3 GB resident. The reader therefore renews the map every _REMAP_ROWS rows and
+    when it moves to the next file (:meth:`release`), so that resident memory stays
+    bounded whatever the size of the files."""
 
     def __init__(self, path: Path):
         lmdb = _import_lmdb()
@@ -251,9 +250,6 @@ class _LmdbFile:
         from ase.calculators.calculator import all_properties
         from ase.db.row import AtomsRow
         blob = self.txn.get(str(row_id).encode("ascii"))
-        self._read_bytes = getattr(self, "_read_bytes", 0) + (0 if blob is None else len(blob))
-        if self._read_bytes > _REMAP_BYTES:
-            self.release()
         if blob is None:
             raise ValueError(f"{self.path}: row id {row_id} is missing (nextid is "
                              f"{self.nextid} and it is not among the deleted ids)")
@@ -276,7 +272,6 @@ class _LmdbFile:
         self.env = lmdb.open(str(self.path), subdir=False, readonly=True, lock=False,
                              readahead=False, meminit=False, max_readers=1)
         self.txn = self.env.begin(buffers=False)
-        self._read_bytes = 0
 
     def close(self):
         self.txn.abort()

@@ -400,13 +400,22 @@ def _first_leaf(group):
     return None
 
 
-def _sniff_ani1(path: Path) -> bool:
-    if not _is_hdf5(path):
-        return False
-    with _open(path) as f:
-        leaf = _first_leaf(f)
-        return (leaf is not None and {"species", "coordinates", "energies"} <= set(leaf)
-                and leaf["species"].ndim == 1)
+def _sniffer(test):
+    """``sniff(path)`` of a layout: an HDF5 file whose opened content passes ``test``."""
+    @functools.wraps(test)
+    def sniff(path: Path) -> bool:
+        if not _is_hdf5(path):
+            return False
+        with _open(path) as f:
+            return bool(test(f))
+    return sniff
+
+
+@_sniffer
+def _sniff_ani1(f) -> bool:
+    leaf = _first_leaf(f)
+    return (leaf is not None and {"species", "coordinates", "energies"} <= set(leaf)
+            and leaf["species"].ndim == 1)
 
 
 def _ani1_blocks(path, f, options: ReadOptions):
@@ -427,13 +436,11 @@ _read_ani1 = _reader(_ani1_blocks)
 
 # ---------------------------------------------------------------- ANI-1x
 
-def _sniff_ani1x(path: Path) -> bool:
-    if not _is_hdf5(path):
-        return False
-    with _open(path) as f:
-        group = _first_group(f)
-        return (group is not None and {"atomic_numbers", "coordinates"} <= set(group)
-                and any(k.endswith(".energy") for k in group))
+@_sniffer
+def _sniff_ani1x(f) -> bool:
+    group = _first_group(f)
+    return (group is not None and {"atomic_numbers", "coordinates"} <= set(group)
+            and any(k.endswith(".energy") for k in group))
 
 
 def _ani1x_levels(path) -> list[str]:
@@ -467,13 +474,11 @@ _read_ani1x = _reader(_ani1x_blocks, level=_ani1x_level)
 
 # ---------------------------------------------------------------- ANI-2x (torchani groups)
 
-def _sniff_ani2x(path: Path) -> bool:
-    if not _is_hdf5(path):
-        return False
-    with _open(path) as f:
-        group = _first_group(f)
-        return (group is not None and {"species", "coordinates", "energies"} <= set(group)
-                and group["species"].ndim == 2)
+@_sniffer
+def _sniff_ani2x(f) -> bool:
+    group = _first_group(f)
+    return (group is not None and {"species", "coordinates", "energies"} <= set(group)
+            and group["species"].ndim == 2)
 
 
 def _ani2x_blocks(path, f, options: ReadOptions):
@@ -515,12 +520,10 @@ def _string(dataset) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _sniff_spice(path: Path) -> bool:
-    if not _is_hdf5(path):
-        return False
-    with _open(path) as f:
-        group = _first_group(f)
-        return group is not None and {"conformations", "atomic_numbers"} <= set(group)
+@_sniffer
+def _sniff_spice(f) -> bool:
+    group = _first_group(f)
+    return group is not None and {"conformations", "atomic_numbers"} <= set(group)
 
 
 def _spice_units(path, group, energy_key, forces_key) -> Units:
@@ -564,13 +567,11 @@ _read_spice = _reader(_spice_blocks)
 
 # ---------------------------------------------------------------- QM7-X
 
-def _sniff_qm7x(path: Path) -> bool:
-    if not _is_hdf5(path):
-        return False
-    with _open(path) as f:
-        molecule = _first_group(f)
-        conformer = None if molecule is None else _first_group(molecule)
-        return conformer is not None and {"atNUM", "atXYZ"} <= set(conformer)
+@_sniffer
+def _sniff_qm7x(f) -> bool:
+    molecule = _first_group(f)
+    conformer = None if molecule is None else _first_group(molecule)
+    return conformer is not None and {"atNUM", "atXYZ"} <= set(conformer)
 
 
 def _qm7x_level(path, options: ReadOptions):
@@ -615,15 +616,13 @@ def _t1x_splits(path, f) -> list[str]:
     raise KeyError(f"{path}: none of the splits train, val, test, data; root keys: {_keys(f)}")
 
 
-def _sniff_t1x(path: Path) -> bool:
-    if not _is_hdf5(path):
+@_sniffer
+def _sniff_t1x(f) -> bool:
+    if not f.keys() or not set(f.keys()) <= {"data", *T1X_SPLITS}:
         return False
-    with _open(path) as f:
-        if not f.keys() or not set(f.keys()) <= {"data", *T1X_SPLITS}:
-            return False
-        formula = _first_group(f[next(iter(f))])
-        reaction = None if formula is None else _first_group(formula)
-        return reaction is not None and "positions" in reaction and "atomic_numbers" in reaction
+    formula = _first_group(f[next(iter(f))])
+    reaction = None if formula is None else _first_group(formula)
+    return reaction is not None and "positions" in reaction and "atomic_numbers" in reaction
 
 
 def _t1x_blocks(path, f, options: ReadOptions):

@@ -177,9 +177,8 @@ def _feature(buf: bytes):
         if kind == 1:
             return [value for _, _, value in _fields(body)]
         if kind == 2:
-            parts = []
-            for _, wire, value in _fields(body):
-                parts.append(np.frombuffer(value, dtype="<f4") if wire in (2, 5) else None)
+            # packed (wire 2) or one fixed32 (wire 5) per value: the same bytes
+            parts = [np.frombuffer(value, dtype="<f4") for _, _, value in _fields(body)]
             return np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if kind == 3:
             values = []
